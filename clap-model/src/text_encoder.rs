@@ -1,0 +1,206 @@
+//! RoBERTa, CLAP's text tower (transformers' `ClapTextModel`), with its pooler.
+//!
+//! Weight names follow the HF `model.safetensors` under `text_model.`.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+
+use crate::config::{Activation, ClapTextConfig};
+
+struct Embeddings {
+    word: Embedding,
+    position: Embedding,
+    token_type: Tensor,
+    norm: LayerNorm,
+}
+
+struct SelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    norm: LayerNorm,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    /// `x`: `(B, L, H)`, `mask`: additive `(B, 1, 1, L)`.
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, l, h) = x.dims3()?;
+        let heads = |t: Tensor| -> Result<Tensor> {
+            t.reshape((b, l, self.num_heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(self.query.forward(x)?)?;
+        let k = heads(self.key.forward(x)?)?;
+        let v = heads(self.value.forward(x)?)?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask)?;
+        // Softmax in f32 as the reference's eager path does, whatever the dtype.
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
+        self.norm.forward(&(self.output.forward(&ctx)? + x)?)
+    }
+}
+
+struct Layer {
+    attention: SelfAttention,
+    intermediate: Linear,
+    output: Linear,
+    norm: LayerNorm,
+    act: Activation,
+}
+
+impl Layer {
+    fn load(cfg: &ClapTextConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let att = vb.pp("attention");
+        let attention = SelfAttention {
+            query: linear(h, h, att.pp("self").pp("query"))?,
+            key: linear(h, h, att.pp("self").pp("key"))?,
+            value: linear(h, h, att.pp("self").pp("value"))?,
+            output: linear(h, h, att.pp("output").pp("dense"))?,
+            norm: layer_norm(h, cfg.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
+            num_heads: cfg.num_attention_heads,
+            head_dim: h / cfg.num_attention_heads,
+        };
+        Ok(Self {
+            attention,
+            intermediate: linear(h, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            output: linear(cfg.intermediate_size, h, vb.pp("output").pp("dense"))?,
+            norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let x = self.attention.forward(x, mask)?;
+        let m = self.act.forward(&self.intermediate.forward(&x)?)?;
+        self.norm.forward(&(self.output.forward(&m)? + x)?)
+    }
+}
+
+/// RoBERTa encoder + pooler: token ids in, `tanh(dense(h[<s>]))` out.
+pub struct ClapTextEncoder {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pooler: Linear,
+    pad_token_id: u32,
+    max_positions: usize,
+    dtype: DType,
+    device: Device,
+}
+
+impl ClapTextEncoder {
+    /// Loads from `text_model`.
+    pub fn load(cfg: &ClapTextConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let evb = vb.pp("embeddings");
+        let token_type = evb
+            .get((cfg.type_vocab_size, h), "token_type_embeddings.weight")?
+            .get(0)?;
+        let embeddings = Embeddings {
+            word: embedding(cfg.vocab_size, h, evb.pp("word_embeddings"))?,
+            position: embedding(
+                cfg.max_position_embeddings,
+                h,
+                evb.pp("position_embeddings"),
+            )?,
+            token_type,
+            norm: layer_norm(h, cfg.layer_norm_eps, evb.pp("LayerNorm"))?,
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(cfg, vb.pp("encoder").pp("layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embeddings,
+            layers,
+            pooler: linear(h, h, vb.pp("pooler").pp("dense"))?,
+            pad_token_id: cfg.pad_token_id,
+            max_positions: cfg.max_position_embeddings,
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        })
+    }
+
+    /// `input_ids`: one row per text, right-padded with the pad token, all rows
+    /// the same length. `attention_mask`: 1 for real tokens, 0 for padding.
+    /// Returns the pooled `(B, hidden)`.
+    pub fn forward(&self, input_ids: &[Vec<u32>], attention_mask: &[Vec<u32>]) -> Result<Tensor> {
+        let b = input_ids.len();
+        let l = input_ids.first().map_or(0, Vec::len);
+        if b == 0 || l == 0 || attention_mask.len() != b {
+            candle_core::bail!(
+                "text batch must hold at least one non-empty sequence with its mask"
+            );
+        }
+        // Positions count real tokens from padding_idx + 1; pads sit at padding_idx.
+        let mut ids = Vec::with_capacity(b * l);
+        let mut positions = Vec::with_capacity(b * l);
+        let mut mask = Vec::with_capacity(b * l);
+        for (row, row_mask) in input_ids.iter().zip(attention_mask) {
+            if row.len() != l || row_mask.len() != l {
+                candle_core::bail!("text batch rows differ in length; pad them first");
+            }
+            let mut seen = 0u32;
+            for (&id, &m) in row.iter().zip(row_mask) {
+                let real = id != self.pad_token_id;
+                seen += u32::from(real);
+                ids.push(id);
+                positions.push(if real {
+                    seen + self.pad_token_id
+                } else {
+                    self.pad_token_id
+                });
+                mask.push(if m != 0 { 0f32 } else { 1f32 });
+            }
+        }
+        if positions.iter().any(|&p| p as usize >= self.max_positions) {
+            candle_core::bail!(
+                "text of {l} tokens exceeds the model's {} positions; truncate it",
+                self.max_positions - self.pad_token_id as usize - 1
+            );
+        }
+        let ids = Tensor::from_vec(ids, (b, l), &self.device)?;
+        let positions = Tensor::from_vec(positions, (b, l), &self.device)?;
+        let e = &self.embeddings;
+        let x = e
+            .word
+            .forward(&ids)?
+            .broadcast_add(&e.token_type)?
+            .add(&e.position.forward(&positions)?)?;
+        let mut x = e.norm.forward(&x)?;
+
+        // The reference adds finfo(dtype).min to masked keys; f32::MIN would
+        // overflow to −inf in f16/bf16, so use the dtype's own minimum.
+        let min = match self.dtype {
+            DType::F16 => f64::from(half_min_f16()),
+            DType::BF16 => -3.389_531_4e38,
+            _ => f64::from(f32::MIN),
+        };
+        let mask =
+            (Tensor::from_vec(mask, (b, 1, 1, l), &self.device)? * min)?.to_dtype(self.dtype)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask)?;
+        }
+        let first = x.narrow(1, 0, 1)?.squeeze(1)?;
+        self.pooler.forward(&first)?.tanh()
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Hidden width of the pooled output.
+    pub fn hidden_size(&self) -> usize {
+        self.pooler.weight().dim(D::Minus1).unwrap_or(0)
+    }
+}
+
+/// Smallest finite f16, `-65504`.
+fn half_min_f16() -> f32 {
+    -65504.0
+}

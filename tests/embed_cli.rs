@@ -1,0 +1,202 @@
+//! End to end: the real `traum embed` binary on audio files the test writes,
+//! with the tiny fixture checkpoint, checked against transformers' outputs.
+
+#[path = "../clap-model/tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{fixtures_dir, load_reference, signal};
+
+/// The `traum` binary of this build profile, built on demand when the test
+/// runs without the rest of the workspace (`cargo test -p traum-engine`).
+fn traum() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let bin = profile_dir.join("traum");
+    if !bin.exists() {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "traum-server", "--bin", "traum"]);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success(), "building traum failed");
+    }
+    bin
+}
+
+/// 32-bit float mono WAV at 48 kHz: the decoder returns these samples exactly.
+fn write_f32_wav(path: &Path, samples: &[f32]) {
+    let data_len = (samples.len() * 4) as u32;
+    let mut b = Vec::with_capacity(44 + samples.len() * 4);
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data_len).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&3u16.to_le_bytes()); // IEEE float
+    b.extend_from_slice(&1u16.to_le_bytes()); // mono
+    b.extend_from_slice(&48_000u32.to_le_bytes());
+    b.extend_from_slice(&(48_000u32 * 4).to_le_bytes());
+    b.extend_from_slice(&4u16.to_le_bytes());
+    b.extend_from_slice(&32u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+fn run(args: &[&str]) -> Output {
+    let model = fixtures_dir().join("models/tiny-a");
+    Command::new(traum())
+        .arg("embed")
+        .arg("--model")
+        .arg(&model)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each stdout line is JSON"))
+        .collect()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    dot / (a.iter().map(|x| x * x).sum::<f32>().sqrt()
+        * b.iter().map(|x| x * x).sum::<f32>().sqrt())
+}
+
+#[test]
+fn files_and_texts_match_the_reference_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let n_mid = (17.3f64 * 48_000.0).round() as usize;
+    let mid = dir.path().join("mid.wav");
+    write_f32_wav(&mid, &signal(n_mid, Some(4)));
+    let short = dir.path().join("short.wav");
+    write_f32_wav(
+        &short,
+        &signal((3.7f64 * 48_000.0).round() as usize, Some(2)),
+    );
+
+    let out = run(&[
+        "--text",
+        "warm analog bass with slow attack",
+        mid.to_str().unwrap(),
+        short.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = lines(&out);
+    assert_eq!(lines.len(), 3);
+    let reference = load_reference("tiny-a");
+    let ref_vec =
+        |key: &str| -> Vec<f32> { reference[key].flatten_all().unwrap().to_vec1().unwrap() };
+
+    assert_eq!(lines[0]["kind"], "text");
+    assert!(
+        cosine(
+            &floats(&lines[0]["embedding"]),
+            &ref_vec("text.0.embedding")
+        ) >= 0.9999
+    );
+
+    let m = &lines[1];
+    assert_eq!(m["kind"], "audio");
+    assert!((m["duration_s"].as_f64().unwrap() - 17.3).abs() < 1e-3);
+    let windows = m["windows"].as_array().unwrap();
+    assert_eq!(
+        windows.len(),
+        2,
+        "17.3 s → a window at 0 s and an end-aligned one at 7.3 s"
+    );
+    assert_eq!(windows[0]["start_s"].as_f64().unwrap(), 0.0);
+    assert!((windows[1]["start_s"].as_f64().unwrap() - 7.3).abs() < 1e-6);
+    assert!((windows[1]["end_s"].as_f64().unwrap() - 17.3).abs() < 1e-6);
+    for (i, w) in windows.iter().enumerate() {
+        let cos = cosine(
+            &floats(&w["embedding"]),
+            &ref_vec(&format!("clip.mid.window.{i}.embedding")),
+        );
+        assert!(cos >= 0.9999, "window {i}: cosine {cos}");
+    }
+    let file = floats(&m["embedding"]);
+    assert!(
+        (file.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-4,
+        "file vector is unit length"
+    );
+    assert!(cosine(&file, &ref_vec("clip.mid.embedding")) >= 0.9999);
+
+    let s = &lines[2];
+    assert_eq!(s["windows"].as_array().unwrap().len(), 1);
+    assert!(cosine(&floats(&s["embedding"]), &ref_vec("clip.short.embedding")) >= 0.9999);
+}
+
+#[test]
+fn a_bad_file_fails_alone_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.wav");
+    write_f32_wav(&good, &signal(48_000, Some(1)));
+    let text = dir.path().join("notes.wav");
+    std::fs::write(&text, "this is not audio, just text that ends in .wav\n").unwrap();
+    let missing = dir.path().join("missing.flac");
+
+    let out = run(&[
+        text.to_str().unwrap(),
+        good.to_str().unwrap(),
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "exit status reports the failures");
+    let lines = lines(&out);
+    assert_eq!(lines.len(), 1, "the good file is still embedded");
+    assert!(lines[0]["input"].as_str().unwrap().ends_with("good.wav"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("notes.wav"),
+        "stderr names the bad file: {stderr}"
+    );
+    assert!(
+        stderr.contains("missing.flac"),
+        "stderr names the missing file: {stderr}"
+    );
+}
+
+#[test]
+fn a_missing_model_says_what_to_download() {
+    let out = Command::new(traum())
+        .args([
+            "embed",
+            "--model",
+            "laion/no-such-clap-model",
+            "--text",
+            "hi",
+        ])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("huggingface-cli download laion/no-such-clap-model"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("HF_HUB_OFFLINE"), "{stderr}");
+}
