@@ -205,7 +205,9 @@ fn a_missing_model_says_what_to_download() {
 /// `huggingface_hub` writes it: `hub/models--{org}--{name}/{refs/main, snapshots/<rev>/…}`.
 fn fake_hf_cache(home: &Path, repo_id: &str) {
     let rev = "0123456789abcdef0123456789abcdef01234567";
-    let repo_dir = home.join("hub").join(format!("models--{}", repo_id.replace('/', "--")));
+    let repo_dir = home
+        .join("hub")
+        .join(format!("models--{}", repo_id.replace('/', "--")));
     let snapshot = repo_dir.join("snapshots").join(rev);
     std::fs::create_dir_all(&snapshot).unwrap();
     std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
@@ -221,16 +223,30 @@ fn a_hub_id_is_found_in_the_hf_cache_offline() {
     let home = tempfile::tempdir().unwrap();
     fake_hf_cache(home.path(), "laion/tiny-clap-test");
     let out = Command::new(traum())
-        .args(["embed", "--model", "laion/tiny-clap-test", "--text", "rain on a tin roof"])
+        .args([
+            "embed",
+            "--model",
+            "laion/tiny-clap-test",
+            "--text",
+            "rain on a tin roof",
+        ])
         .env("HF_HOME", home.path())
         .env("HF_HUB_OFFLINE", "1")
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = lines(&out);
     let reference = load_reference("tiny-b");
-    let text3: Vec<f32> = reference["text.3.embedding"].flatten_all().unwrap().to_vec1().unwrap();
+    let text3: Vec<f32> = reference["text.3.embedding"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert!(cosine(&floats(&lines[0]["embedding"]), &text3) >= 0.9999);
 }
 
@@ -244,17 +260,28 @@ fn every_supported_format_embeds() {
         .collect();
     let args: Vec<&str> = files.iter().map(|p| p.to_str().unwrap()).collect();
     let out = run(&args);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = lines(&out);
     assert_eq!(lines.len(), files.len());
     let vectors: Vec<Vec<f32>> = lines.iter().map(|l| floats(&l["embedding"])).collect();
     for (line, v) in lines.iter().zip(&vectors) {
         let duration = line["duration_s"].as_f64().unwrap();
-        assert!((0.95..1.7).contains(&duration), "{}: {duration} s", line["input"]);
+        assert!(
+            (0.95..1.7).contains(&duration),
+            "{}: {duration} s",
+            line["input"]
+        );
         assert_eq!(v.len(), 24);
     }
     // The same 440 Hz tone in different codecs embeds alike; the 1 kHz stereo one less so.
     let same = cosine(&vectors[0], &vectors[1]);
     let other = cosine(&vectors[0], &vectors[5]);
-    assert!(same > other, "flac~mp3 {same} should exceed 440 Hz~1 kHz {other}");
+    assert!(
+        same > other,
+        "flac~mp3 {same} should exceed 440 Hz~1 kHz {other}"
+    );
 }

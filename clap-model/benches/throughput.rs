@@ -77,7 +77,7 @@ fn main() {
     println!("threads: {}", candle_core::utils::get_num_threads());
     println!();
     println!(
-        "{:<28} {:>6} {:>14} {:>12}",
+        "{:<34} {:>6} {:>14} {:>12}",
         "what", "batch", "per second", "ms / batch"
     );
 
@@ -89,7 +89,7 @@ fn main() {
         });
         let frames = (b * front_end.n_frames()) as f64 / s;
         println!(
-            "{:<28} {:>6} {:>14.0} {:>12.1}",
+            "{:<34} {:>6} {:>14.0} {:>12.1}",
             "mel frames",
             b,
             frames,
@@ -108,7 +108,7 @@ fn main() {
                 model.audio_embeddings(&features).expect("audio forward");
             });
             println!(
-                "{:<28} {:>6} {:>14.2} {:>12.1}",
+                "{:<34} {:>6} {:>14.2} {:>12.1}",
                 format!("{name} audio clips"),
                 b,
                 b as f64 / s,
@@ -124,7 +124,7 @@ fn main() {
                     .expect("text forward");
             });
             println!(
-                "{:<28} {:>6} {:>14.2} {:>12.1}",
+                "{:<34} {:>6} {:>14.2} {:>12.1}",
                 format!("{name} texts"),
                 b,
                 b as f64 / s,

@@ -90,7 +90,7 @@ impl ModelFiles {
     }
 
     fn from_hub(id: &str) -> Result<Self> {
-        let cache = hf_hub::Cache::from_env();
+        let cache = hub_cache();
         let not_found = |reason: String| ClapError::ModelNotFound {
             model: id.to_string(),
             short: id.rsplit('/').next().unwrap_or(id).to_string(),
@@ -113,7 +113,11 @@ impl ModelFiles {
             ));
         }
         tracing::info!(model = id, "downloading from the Hugging Face hub");
-        let api = hf_hub::api::sync::ApiBuilder::from_env()
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone());
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let api = builder
             .with_progress(false)
             .build()
             .map_err(|e| not_found(format!("; the hub client could not start: {e}")))?;
@@ -146,6 +150,15 @@ impl ModelFiles {
         }
         let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::from_dir(&dir, id)
+    }
+}
+
+/// The hub cache as huggingface_hub finds it: `$HF_HUB_CACHE`, else
+/// `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+fn hub_cache() -> hf_hub::Cache {
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(dir) if !dir.is_empty() => hf_hub::Cache::new(dir.into()),
+        _ => hf_hub::Cache::from_env(),
     }
 }
 

@@ -125,7 +125,13 @@ fn check_text(model: &str) {
         .as_array()
         .expect("manifest lists texts")
         .iter()
-        .map(|t| t["text"].as_str().or_else(|| t.as_str()).unwrap().to_string())
+        .map(|t| {
+            t["text"]
+                .as_str()
+                .or_else(|| t.as_str())
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let ours = fx.embedder.embed_texts(&refs).unwrap();
