@@ -32,7 +32,7 @@ pub struct ModelArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, env = "TRAUM_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
-    /// auto (f32 on CPU, f16 on GPU), f32, f16 or bf16.
+    /// auto (f32, the precision the parity tests cover), f32, or on a GPU f16 or bf16.
     #[arg(long, env = "TRAUM_DTYPE", default_value = "auto")]
     pub dtype: Precision,
     /// Most audio windows or texts per forward pass.

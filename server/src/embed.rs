@@ -107,7 +107,7 @@ pub fn embed_file(embedder: &ClapEmbedder, path: &Path, hop_s: f64) -> Result<Em
     let window_len = info.window_samples;
     let hop_len = ((hop_s * rate).round() as usize).clamp(1, window_len);
     let mut stream = traum_audio::windows_from_file(path, window_len, hop_len)?;
-    let batch = 8usize;
+    let batch = embedder.max_batch();
     let mut pending: Vec<traum_audio::Window> = Vec::with_capacity(batch);
     let mut windows = Vec::new();
     let flush =
