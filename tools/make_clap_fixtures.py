@@ -8,6 +8,10 @@ tools/requirements-fixtures.txt).
 Usage:
     python tools/make_clap_fixtures.py [--out tests/fixtures/clap]
 
+tools/make_full_size_reference.py imports this module (build_model/reinit_weights, train_tokenizer,
+write_tokenizer, make_signal, window_starts, compute_features, compute_reference, write_reference) to make
+the same reference for a full-size random-weight model; keep those functions importable.
+
 Outputs (under --out):
     models/tiny-a/   HF-hub-like repo: config.json, preprocessor_config.json, model.safetensors,
                      tokenizer.json, tokenizer_config.json, special_tokens_map.json (+ vocab/merges if written)
@@ -61,6 +65,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -372,17 +377,26 @@ def make_config(spec: dict, vocab_size: int):
     return ClapConfig(text_config=text, audio_config=dict(spec["audio"]), projection_dim=spec["projection_dim"])
 
 
+def build_model(config, seed: int) -> torch.nn.Module:
+    """`ClapModel(config)` after `torch.manual_seed(seed)`, re-initialised by `reinit_weights` with a
+    generator seeded with seed+1 (f32, eval mode)."""
+    from transformers import ClapModel
+
+    torch.manual_seed(seed)
+    model = ClapModel(config).eval().float()
+    gen = torch.Generator().manual_seed(seed + 1)
+    reinit_weights(model, gen)
+    return model
+
+
 def write_model(model_dir: Path, name: str, spec: dict, tok_src: Path, vocab_size: int) -> None:
-    from transformers import ClapFeatureExtractor, ClapModel
+    from transformers import ClapFeatureExtractor
 
     if model_dir.exists():
         shutil.rmtree(model_dir)
     model_dir.mkdir(parents=True)
     config = make_config(spec, vocab_size)
-    torch.manual_seed(spec["seed"])
-    model = ClapModel(config).eval().float()
-    gen = torch.Generator().manual_seed(spec["seed"] + 1)
-    reinit_weights(model, gen)
+    model = build_model(config, spec["seed"])
     if spec["weights"] == "safetensors":
         model.save_pretrained(str(model_dir))
         assert (model_dir / "model.safetensors").exists()
@@ -453,17 +467,19 @@ def compute_features(fe, signals):
     return feats
 
 
-def reference_for_model(out: Path, name: str, feats, signals) -> dict:
-    from safetensors.torch import save_file
-    import transformers
-    from transformers import AutoTokenizer, ClapModel
-
-    model_dir = out / "models" / name
-    model = ClapModel.from_pretrained(str(model_dir)).eval().float()
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+def compute_reference(model, tok, feats, signals, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                      proj_atol: float = 1e-6) -> dict:
+    """Runs `model` (already on `device` in `dtype`) on every clip window and text; returns the reference
+    tensors (f32, CPU) and what the manifest needs."""
     tensors = {}
     clip_info = []
     clip_embs = {}
+    timings = dict(audio_embedding_s=0.0, text_batch_s=0.0)
+
+    def sync():
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+
     with torch.no_grad():
         for cname, secs, seed in CLIPS:
             n = len(signals[cname])
@@ -471,16 +487,20 @@ def reference_for_model(out: Path, name: str, feats, signals) -> dict:
             embs = []
             for wi, _s in enumerate(starts):
                 f, is_longer = feats[(cname, wi)]
-                inp = torch.from_numpy(f)[None, None]
-                il = torch.tensor([[False]])
+                inp = torch.from_numpy(f)[None, None].to(device=device, dtype=dtype)
+                il = torch.tensor([[False]], device=device)
+                sync()
+                t0 = time.perf_counter()
                 emb = as_features(model.get_audio_features(input_features=inp, is_longer=il))[0]
+                sync()
+                timings["audio_embedding_s"] += time.perf_counter() - t0
                 pooled = model.audio_model(input_features=inp, is_longer=il).pooler_output[0]
                 # cross-check: projection of pooled == embedding
                 chk = torch.nn.functional.normalize(model.audio_projection(pooled[None]), dim=-1)[0]
-                assert torch.allclose(chk, emb, atol=1e-6)
-                tensors[f"clip.{cname}.window.{wi}.embedding"] = emb.float().contiguous()
-                tensors[f"clip.{cname}.window.{wi}.pooled"] = pooled.float().contiguous()
-                embs.append(emb.numpy().astype(np.float64))
+                assert torch.allclose(chk, emb, atol=proj_atol)
+                tensors[f"clip.{cname}.window.{wi}.embedding"] = emb.float().cpu().contiguous()
+                tensors[f"clip.{cname}.window.{wi}.pooled"] = pooled.float().cpu().contiguous()
+                embs.append(emb.float().cpu().numpy().astype(np.float64))
             ce = l2n(np.mean(embs, axis=0)).astype(np.float32)
             tensors[f"clip.{cname}.embedding"] = torch.from_numpy(ce)
             clip_embs[cname] = ce
@@ -489,14 +509,20 @@ def reference_for_model(out: Path, name: str, feats, signals) -> dict:
         texts = list(TEXTS)
         enc_unpadded = [tok(t, truncation=True)["input_ids"] for t in texts]
         batch = tok(texts, padding=True, truncation=True, return_tensors="pt")
-        temb = as_features(model.get_text_features(input_ids=batch["input_ids"],
-                                                   attention_mask=batch["attention_mask"]))
+        sync()
+        t0 = time.perf_counter()
+        temb = as_features(model.get_text_features(input_ids=batch["input_ids"].to(device),
+                                                   attention_mask=batch["attention_mask"].to(device)))
+        sync()
+        timings["text_batch_s"] = time.perf_counter() - t0
+        temb = temb.float().cpu()
         # cross-check vs unpadded single runs
         max_pad_diff = 0.0
         for j, ids in enumerate(enc_unpadded):
-            single = as_features(model.get_text_features(input_ids=torch.tensor([ids]),
-                                                         attention_mask=torch.ones(1, len(ids), dtype=torch.long)))[0]
-            max_pad_diff = max(max_pad_diff, float((single - temb[j]).abs().max()))
+            single = as_features(model.get_text_features(
+                input_ids=torch.tensor([ids], device=device),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device)))[0]
+            max_pad_diff = max(max_pad_diff, float((single.float().cpu() - temb[j]).abs().max()))
             tensors[f"text.{j}.input_ids"] = torch.tensor(ids, dtype=torch.int64)
             tensors[f"text.{j}.embedding"] = temb[j].float().contiguous()
         # long text truncation check
@@ -507,36 +533,61 @@ def reference_for_model(out: Path, name: str, feats, signals) -> dict:
 
         logit_scale_a = float(model.logit_scale_a)
         logit_scale_t = float(model.logit_scale_t)
+    return dict(tensors=tensors, clip_info=clip_info, clip_embs=clip_embs, text_embs=temb.numpy(),
+                enc_unpadded=enc_unpadded, texts=texts, max_pad_diff=max_pad_diff,
+                logit_scale_a=logit_scale_a, logit_scale_t=logit_scale_t, timings=timings)
 
-    ref_dir = out / "reference"
+
+def write_reference(ref_dir: Path, name: str, model_rel: str, model_dir: Path, config, tok, r: dict,
+                    extra: dict | None = None) -> None:
+    """Writes `ref_dir/<name>.safetensors` and the manifest `ref_dir/<name>.json` from `compute_reference`'s
+    result. `model_rel` is the model directory as recorded (relative to the fixture root); `extra` adds
+    manifest keys after the standard ones."""
+    from safetensors.torch import save_file
+    import transformers
+
     ref_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(ref_dir / f"{name}.safetensors"), metadata={"model": f"models/{name}"})
-    dim = int(model.config.projection_dim)
+    save_file(r["tensors"], str(ref_dir / f"{name}.safetensors"), metadata={"model": model_rel})
+    dim = int(config.projection_dim)
+    texts = r["texts"]
+    enc_unpadded = r["enc_unpadded"]
     manifest = dict(
-        model_dir=f"models/{name}",
+        model_dir=model_rel,
         weights_file="model.safetensors" if (model_dir / "model.safetensors").exists() else "pytorch_model.bin",
         tokenizer_files=sorted(p.name for p in model_dir.iterdir() if "token" in p.name or p.name in
                                ("vocab.json", "merges.txt")),
         embedding_dim=dim,
-        audio_hidden_size=int(model.config.audio_config.hidden_size),
-        text_hidden_size=int(model.config.text_config.hidden_size),
+        audio_hidden_size=int(config.audio_config.hidden_size),
+        text_hidden_size=int(config.text_config.hidden_size),
         sample_rate=SR,
         window=WINDOW,
         hop=HOP,
-        clips=clip_info,
+        clips=r["clip_info"],
         texts=[dict(index=j, text=t, n_tokens=len(enc_unpadded[j]),
                     n_tokens_untruncated=len(tok(t, truncation=False)["input_ids"])) for j, t in enumerate(texts)],
-        logit_scale_a=logit_scale_a,
-        logit_scale_t=logit_scale_t,
+        logit_scale_a=r["logit_scale_a"],
+        logit_scale_t=r["logit_scale_t"],
         text_embedding_note="text.<j>.embedding computed on a padded batch (padding=True, attention mask); "
-                            f"max abs diff vs unpadded single runs = {max_pad_diff:.3g}",
+                            f"max abs diff vs unpadded single runs = {r['max_pad_diff']:.3g}",
         versions=dict(transformers=transformers.__version__, torch=torch.__version__,
                       tokenizers=__import__("tokenizers").__version__, numpy=np.__version__,
                       safetensors=__import__("safetensors").__version__),
     )
+    if extra:
+        manifest.update(extra)
     (ref_dir / f"{name}.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    return dict(clip_embs=clip_embs, text_embs=temb.numpy(), tensors=tensors, tok=tok,
-                max_pad_diff=max_pad_diff, texts=texts)
+
+
+def reference_for_model(out: Path, name: str, feats, signals) -> dict:
+    from transformers import AutoTokenizer, ClapModel
+
+    model_dir = out / "models" / name
+    model = ClapModel.from_pretrained(str(model_dir)).eval().float()
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    r = compute_reference(model, tok, feats, signals)
+    write_reference(out / "reference", name, f"models/{name}", model_dir, model.config, tok, r)
+    return dict(clip_embs=r["clip_embs"], text_embs=r["text_embs"], tensors=r["tensors"], tok=tok,
+                max_pad_diff=r["max_pad_diff"], texts=r["texts"])
 
 
 def cos_table(labels, vecs) -> tuple[str, float]:

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test crate uses a different subset
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
@@ -76,7 +76,13 @@ pub fn load_reference(name: &str) -> HashMap<String, Tensor> {
     let path = fixtures_dir()
         .join("reference")
         .join(format!("{name}.safetensors"));
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| {
+    load_reference_file(&path)
+}
+
+/// Loads a reference safetensors file (any of the Python reference scripts'
+/// outputs) on the CPU, panicking with the path when it cannot be read.
+pub fn load_reference_file(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| {
         panic!(
             "cannot load reference fixture {}: {e}; generate the reference fixtures \
              (tests/fixtures/clap/reference) with the project's Python reference script",
