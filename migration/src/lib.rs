@@ -1,1 +1,31 @@
-//! sea-orm migrations of the Traum library. The service issue adds them; the server runs them at start-up.
+//! sea-orm migrations of the Traum library: the `audio_file` and `search_log`
+//! tables. The server runs them at start-up (`entity::store::connect_and_migrate`);
+//! `cargo run -p migration -- <up|down|status|fresh|refresh|reset>` runs them by
+//! hand against `DATABASE_URL`.
+//!
+//! The schema is written once for SQLite and PostgreSQL, so it sticks to
+//! portable types: enums are short strings (no PostgreSQL `CREATE TYPE`),
+//! timestamps are `timestamp with time zone` (text in SQLite, always written by
+//! the application in UTC, never by a database default), and ids are UUIDs
+//! (`uuid` in PostgreSQL, a 16-byte blob in SQLite).
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_create_audio_file;
+mod m20261124_000002_create_search_log;
+
+pub use m20261124_000001_create_audio_file::AudioFile;
+pub use m20261124_000002_create_search_log::SearchLog;
+
+/// Every migration of the library, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261124_000001_create_audio_file::Migration),
+            Box::new(m20261124_000002_create_search_log::Migration),
+        ]
+    }
+}

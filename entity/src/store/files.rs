@@ -1,0 +1,706 @@
+//! Audio files: dedup on insert, state changes, work claiming, listing.
+//!
+//! # Work claiming
+//!
+//! A worker calls [`claim_next`] with its owner id (unique per process, e.g.
+//! `hostname:pid:random`) and a lease duration. The claim is a single
+//! conditional `UPDATE … WHERE id = ? AND <still claimable>`; the claimer whose
+//! update changed a row owns the file, any other tries the next candidate. This
+//! holds with any number of claimers, in one process or several, on SQLite and
+//! PostgreSQL alike. A claimed file is `decoding`, its `attempts` went up by
+//! one, and it is leased until `lease_expires_at`; long work extends that with
+//! [`renew_lease`] (which also tells the worker whether it still owns the file).
+//!
+//! A file whose lease expired (its worker crashed or hung) is claimable again.
+//! At start-up the server calls [`requeue_interrupted`], which puts such files
+//! back to `queued` — or fails them with `TOO_MANY_ATTEMPTS` if they keep
+//! being interrupted — and, where its owner id is stable across restarts,
+//! [`release_owner`] for leases its previous run still held.
+//!
+//! The state setters ([`set_status`], [`set_progress`], [`mark_indexed`],
+//! [`fail`]) go by id alone; ownership is checked by [`renew_lease`].
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query, SimpleExpr};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
+};
+use uuid::Uuid;
+
+use super::{now, Result, StoreError};
+use crate::audio_file::{error_code, Column, Entity as AudioFile, FileStatus, Model};
+
+/// Namespace of the UUIDv5 ids derived from content hashes.
+pub const AUDIO_FILE_ID_NAMESPACE: Uuid =
+    Uuid::from_u128(0x5c1d_7a3e_9b04_4f6e_a2d8_31c0_e7f5_9a12);
+
+/// The id a file with this content hash gets (UUIDv5 of the lowercase hash).
+///
+/// The same bytes always get the same id, so an id computed before the insert
+/// (to name the stored file, say) is the row's id.
+pub fn id_for_hash(content_hash: &str) -> Uuid {
+    Uuid::new_v5(
+        &AUDIO_FILE_ID_NAMESPACE,
+        content_hash.to_ascii_lowercase().as_bytes(),
+    )
+}
+
+/// What an upload knows about a file before it is decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAudioFile {
+    pub original_name: String,
+    pub stored_path: String,
+    /// SHA-256 of the bytes, hex (stored lowercase).
+    pub content_hash: String,
+    pub size_bytes: i64,
+    /// Container as sniffed at upload (`wav`, `flac`, …).
+    pub container: String,
+}
+
+/// What decoding learnt about a file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MediaInfo {
+    pub codec: Option<String>,
+    pub duration_s: Option<f64>,
+    pub sample_rate: Option<i32>,
+    pub channels: Option<i32>,
+}
+
+/// Inserts a `queued` file, or returns the file that already has this content
+/// hash. Returns `(row, created)`.
+///
+/// Race-safe: concurrent calls with the same hash create one row (the insert
+/// is `ON CONFLICT DO NOTHING` on the unique hash and the id derived from it),
+/// and every caller gets that row back.
+pub async fn insert_or_get_by_hash(
+    db: &DatabaseConnection,
+    new: NewAudioFile,
+) -> Result<(Model, bool)> {
+    let hash = new.content_hash.to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(StoreError::InvalidArgument(format!(
+            "content_hash must be 64 hex digits (SHA-256), got {:?}",
+            new.content_hash
+        )));
+    }
+    if new.size_bytes < 0 {
+        return Err(StoreError::InvalidArgument(format!(
+            "size_bytes must not be negative, got {}",
+            new.size_bytes
+        )));
+    }
+    let id = id_for_hash(&hash);
+    let t = now();
+    let insert = Query::insert()
+        .into_table(AudioFile)
+        .columns([
+            Column::Id,
+            Column::OriginalName,
+            Column::StoredPath,
+            Column::ContentHash,
+            Column::SizeBytes,
+            Column::Container,
+            Column::Status,
+            Column::WindowsDone,
+            Column::WindowsTotal,
+            Column::Attempts,
+            Column::CreatedAt,
+            Column::UpdatedAt,
+        ])
+        .values_panic([
+            id.into(),
+            new.original_name.into(),
+            new.stored_path.into(),
+            hash.clone().into(),
+            new.size_bytes.into(),
+            new.container.into(),
+            FileStatus::Queued.into(),
+            0i32.into(),
+            0i32.into(),
+            0i32.into(),
+            t.into(),
+            t.into(),
+        ])
+        // No conflict target: any unique violation (hash or id) means "exists".
+        .on_conflict(OnConflict::new().do_nothing().to_owned())
+        .to_owned();
+    let created = db.execute(&insert).await?.rows_affected() == 1;
+    let row = get_by_hash(db, &hash).await?.ok_or_else(|| {
+        // Only if a row with the same id but another hash exists (a UUIDv5
+        // collision) or the row was deleted in between.
+        StoreError::Db(sea_orm::DbErr::RecordNotFound(format!(
+            "audio_file with content_hash {hash} vanished after insert"
+        )))
+    })?;
+    Ok((row, created))
+}
+
+/// The file with this id.
+pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<Option<Model>> {
+    Ok(AudioFile::find_by_id(id).one(db).await?)
+}
+
+/// The file with this content hash (hex, any case).
+pub async fn get_by_hash(db: &DatabaseConnection, content_hash: &str) -> Result<Option<Model>> {
+    Ok(AudioFile::find()
+        .filter(Column::ContentHash.eq(content_hash.to_ascii_lowercase()))
+        .one(db)
+        .await?)
+}
+
+async fn get_existing(db: &DatabaseConnection, id: Uuid) -> Result<Model> {
+    get(db, id).await?.ok_or(StoreError::NotFound(id))
+}
+
+/// Runs an UPDATE of one file by id; `NotFound` if no row has the id.
+async fn update_by_id(
+    db: &DatabaseConnection,
+    id: Uuid,
+    sets: Vec<(Column, SimpleExpr)>,
+) -> Result<Model> {
+    let mut update = AudioFile::update_many()
+        .col_expr(Column::UpdatedAt, Expr::value(now()))
+        .filter(Column::Id.eq(id));
+    for (col, value) in sets {
+        update = update.col_expr(col, value);
+    }
+    if update.exec(db).await?.rows_affected == 0 {
+        return Err(StoreError::NotFound(id));
+    }
+    get_existing(db, id).await
+}
+
+fn null_string() -> SimpleExpr {
+    Expr::value(Option::<String>::None)
+}
+
+fn null_time() -> SimpleExpr {
+    Expr::value(Option::<DateTime<Utc>>::None)
+}
+
+/// The lease columns cleared.
+fn no_lease() -> [(Column, SimpleExpr); 2] {
+    [
+        (Column::LeaseOwner, null_string()),
+        (Column::LeaseExpiresAt, null_time()),
+    ]
+}
+
+/// Sets the status.
+///
+/// Side effects by target status: `queued` clears the lease, the error and the
+/// progress (a manual retry); `indexed` sets `indexed_at` and clears the lease
+/// and the error (prefer [`mark_indexed`], which also records the model);
+/// `failed` clears the lease (prefer [`fail`], which records why);
+/// `decoding`/`embedding` touch nothing else.
+pub async fn set_status(db: &DatabaseConnection, id: Uuid, status: FileStatus) -> Result<Model> {
+    let mut sets = vec![(Column::Status, Expr::value(status))];
+    match status {
+        FileStatus::Queued => {
+            sets.extend(no_lease());
+            sets.push((Column::ErrorCode, null_string()));
+            sets.push((Column::ErrorMessage, null_string()));
+            sets.push((Column::WindowsDone, Expr::value(0i32)));
+        }
+        FileStatus::Indexed => {
+            sets.extend(no_lease());
+            sets.push((Column::ErrorCode, null_string()));
+            sets.push((Column::ErrorMessage, null_string()));
+            sets.push((Column::IndexedAt, Expr::value(now())));
+        }
+        FileStatus::Failed => sets.extend(no_lease()),
+        FileStatus::Decoding | FileStatus::Embedding => {}
+    }
+    update_by_id(db, id, sets).await
+}
+
+/// Records what decoding learnt (codec, duration, sample rate, channels).
+pub async fn set_media_info(db: &DatabaseConnection, id: Uuid, info: &MediaInfo) -> Result<Model> {
+    update_by_id(
+        db,
+        id,
+        vec![
+            (Column::Codec, Expr::value(info.codec.clone())),
+            (Column::DurationS, Expr::value(info.duration_s)),
+            (Column::SampleRate, Expr::value(info.sample_rate)),
+            (Column::Channels, Expr::value(info.channels)),
+        ],
+    )
+    .await
+}
+
+/// Records embedding progress: `windows_done` of `windows_total`.
+pub async fn set_progress(
+    db: &DatabaseConnection,
+    id: Uuid,
+    windows_done: i32,
+    windows_total: i32,
+) -> Result<()> {
+    if windows_done < 0 || windows_total < 0 || windows_done > windows_total {
+        return Err(StoreError::InvalidArgument(format!(
+            "progress {windows_done}/{windows_total}"
+        )));
+    }
+    let res = AudioFile::update_many()
+        .col_expr(Column::WindowsDone, Expr::value(windows_done))
+        .col_expr(Column::WindowsTotal, Expr::value(windows_total))
+        .col_expr(Column::UpdatedAt, Expr::value(now()))
+        .filter(Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    if res.rows_affected == 0 {
+        return Err(StoreError::NotFound(id));
+    }
+    Ok(())
+}
+
+/// The file's vectors are in the index: `indexed`, with the model that made
+/// them; progress complete, lease and error cleared.
+pub async fn mark_indexed(db: &DatabaseConnection, id: Uuid, model_id: &str) -> Result<Model> {
+    let mut sets = vec![
+        (Column::Status, Expr::value(FileStatus::Indexed)),
+        (Column::ModelId, Expr::value(model_id)),
+        (Column::IndexedAt, Expr::value(now())),
+        (Column::WindowsDone, Expr::col(Column::WindowsTotal)),
+        (Column::ErrorCode, null_string()),
+        (Column::ErrorMessage, null_string()),
+    ];
+    sets.extend(no_lease());
+    update_by_id(db, id, sets).await
+}
+
+/// The file cannot be indexed: `failed`, with a stable `code` (see
+/// [`error_code`]) and a message for people; lease cleared.
+pub async fn fail(db: &DatabaseConnection, id: Uuid, code: &str, message: &str) -> Result<Model> {
+    let mut sets = vec![
+        (Column::Status, Expr::value(FileStatus::Failed)),
+        (Column::ErrorCode, Expr::value(code)),
+        (Column::ErrorMessage, Expr::value(message)),
+    ];
+    sets.extend(no_lease());
+    update_by_id(db, id, sets).await
+}
+
+fn chrono_lease(lease: Duration) -> Result<chrono::Duration> {
+    chrono::Duration::from_std(lease)
+        .ok()
+        .filter(|d| *d <= chrono::Duration::days(365))
+        .ok_or_else(|| StoreError::InvalidArgument(format!("lease of {lease:?} is too long")))
+}
+
+/// Files a worker may claim at `t`: `queued` and not leased, or in progress
+/// with an expired (or missing) lease.
+fn claimable(t: DateTime<Utc>) -> Condition {
+    let lease_over = Condition::any()
+        .add(Column::LeaseExpiresAt.is_null())
+        .add(Column::LeaseExpiresAt.lt(t));
+    Condition::any()
+        .add(
+            Condition::all()
+                .add(Column::Status.eq(FileStatus::Queued))
+                .add(
+                    Condition::any()
+                        .add(Column::LeaseOwner.is_null())
+                        .add(lease_over.clone()),
+                ),
+        )
+        .add(
+            Condition::all()
+                .add(Column::Status.is_in([FileStatus::Decoding, FileStatus::Embedding]))
+                .add(lease_over),
+        )
+}
+
+/// Atomically claims the oldest claimable file for `owner` for `lease`:
+/// status `decoding`, `attempts + 1`, progress and error cleared. `None` when
+/// nothing is claimable.
+///
+/// Claimable: `queued` files, and `decoding`/`embedding` files whose lease
+/// expired. Safe with concurrent claimers (see the module docs).
+pub async fn claim_next(
+    db: &DatabaseConnection,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<Model>> {
+    let lease = chrono_lease(lease)?;
+    // Each lost race means another claimer took a file, so this ends; the
+    // bound only guards against a livelock nobody has seen.
+    for _ in 0..1000 {
+        let t = now();
+        let candidate: Option<Uuid> = AudioFile::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(claimable(t))
+            .order_by_asc(Column::CreatedAt)
+            .order_by_asc(Column::Id)
+            .into_tuple()
+            .one(db)
+            .await?;
+        let Some(id) = candidate else {
+            return Ok(None);
+        };
+        let res = AudioFile::update_many()
+            .col_expr(Column::Status, Expr::value(FileStatus::Decoding))
+            .col_expr(Column::LeaseOwner, Expr::value(owner))
+            .col_expr(Column::LeaseExpiresAt, Expr::value(t + lease))
+            .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
+            .col_expr(Column::WindowsDone, Expr::value(0i32))
+            .col_expr(Column::ErrorCode, null_string())
+            .col_expr(Column::ErrorMessage, null_string())
+            .col_expr(Column::UpdatedAt, Expr::value(t))
+            .filter(Column::Id.eq(id))
+            .filter(claimable(t))
+            .exec(db)
+            .await?;
+        if res.rows_affected == 1 {
+            return get(db, id).await;
+        }
+        tracing::trace!(%id, owner, "lost a claim race; trying the next file");
+    }
+    Ok(None)
+}
+
+/// Extends `owner`'s lease on the file to now + `lease`. `false` if `owner`
+/// no longer holds it (its lease expired and another worker claimed it, or
+/// it was released): the worker should stop working on it.
+pub async fn renew_lease(
+    db: &DatabaseConnection,
+    id: Uuid,
+    owner: &str,
+    lease: Duration,
+) -> Result<bool> {
+    let lease = chrono_lease(lease)?;
+    let t = now();
+    let res = AudioFile::update_many()
+        .col_expr(Column::LeaseExpiresAt, Expr::value(t + lease))
+        .col_expr(Column::UpdatedAt, Expr::value(t))
+        .filter(Column::Id.eq(id))
+        .filter(Column::LeaseOwner.eq(owner))
+        .filter(Column::Status.is_in([FileStatus::Decoding, FileStatus::Embedding]))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// Gives a claimed file back unfinished (e.g. on shutdown): `queued`, lease
+/// cleared, progress reset; `attempts` stays. `false` if `owner` did not hold it.
+pub async fn release(db: &DatabaseConnection, id: Uuid, owner: &str) -> Result<bool> {
+    let res = requeue_update(now())
+        .filter(Column::Id.eq(id))
+        .filter(Column::LeaseOwner.eq(owner))
+        .filter(Column::Status.is_in([FileStatus::Decoding, FileStatus::Embedding]))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected == 1)
+}
+
+/// [`release`] for every file `owner` holds, whether or not the leases
+/// expired: for a server whose owner id is stable across restarts, at start.
+/// Returns how many files went back to the queue.
+pub async fn release_owner(db: &DatabaseConnection, owner: &str) -> Result<u64> {
+    let res = requeue_update(now())
+        .filter(Column::LeaseOwner.eq(owner))
+        .filter(Column::Status.is_in([FileStatus::Decoding, FileStatus::Embedding]))
+        .exec(db)
+        .await?;
+    Ok(res.rows_affected)
+}
+
+fn requeue_update(t: DateTime<Utc>) -> sea_orm::UpdateMany<AudioFile> {
+    AudioFile::update_many()
+        .col_expr(Column::Status, Expr::value(FileStatus::Queued))
+        .col_expr(Column::LeaseOwner, null_string())
+        .col_expr(Column::LeaseExpiresAt, null_time())
+        .col_expr(Column::WindowsDone, Expr::value(0i32))
+        .col_expr(Column::UpdatedAt, Expr::value(t))
+}
+
+/// What [`requeue_interrupted`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequeueReport {
+    /// Files put back to `queued`.
+    pub requeued: u64,
+    /// Files failed with `TOO_MANY_ATTEMPTS`.
+    pub failed: u64,
+}
+
+/// At start-up, whoever held them: files left `decoding` or `embedding` with
+/// an expired (or no) lease go back to `queued`, or to `failed` with
+/// [`error_code::TOO_MANY_ATTEMPTS`] once they have been claimed
+/// `max_attempts` times (a file that keeps crashing the worker stops being
+/// retried). Files with a live lease are left alone: their worker may be
+/// running elsewhere (see [`release_owner`]).
+pub async fn requeue_interrupted(
+    db: &DatabaseConnection,
+    max_attempts: i32,
+) -> Result<RequeueReport> {
+    let t = now();
+    let interrupted = || {
+        Condition::all()
+            .add(Column::Status.is_in([FileStatus::Decoding, FileStatus::Embedding]))
+            .add(
+                Condition::any()
+                    .add(Column::LeaseExpiresAt.is_null())
+                    .add(Column::LeaseExpiresAt.lt(t)),
+            )
+    };
+    let failed = AudioFile::update_many()
+        .col_expr(Column::Status, Expr::value(FileStatus::Failed))
+        .col_expr(
+            Column::ErrorCode,
+            Expr::value(error_code::TOO_MANY_ATTEMPTS),
+        )
+        .col_expr(
+            Column::ErrorMessage,
+            Expr::value(format!(
+                "processing was interrupted {max_attempts} times; giving up on this file"
+            )),
+        )
+        .col_expr(Column::LeaseOwner, null_string())
+        .col_expr(Column::LeaseExpiresAt, null_time())
+        .col_expr(Column::UpdatedAt, Expr::value(t))
+        .filter(interrupted())
+        .filter(Column::Attempts.gte(max_attempts))
+        .exec(db)
+        .await?
+        .rows_affected;
+    let requeued = requeue_update(t)
+        .filter(interrupted())
+        .exec(db)
+        .await?
+        .rows_affected;
+    if requeued + failed > 0 {
+        tracing::info!(requeued, failed, "requeued interrupted audio files");
+    }
+    Ok(RequeueReport { requeued, failed })
+}
+
+/// Deletes the file's row and returns it (`None` if there was none). The
+/// stored bytes and the vectors are the caller's to remove.
+pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<Option<Model>> {
+    let Some(row) = get(db, id).await? else {
+        return Ok(None);
+    };
+    let res = AudioFile::delete_by_id(id).exec(db).await?;
+    Ok((res.rows_affected == 1).then_some(row))
+}
+
+/// Listing order, by `(created_at, id)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortOrder {
+    /// Oldest first.
+    Asc,
+    /// Newest first.
+    #[default]
+    Desc,
+}
+
+/// A position in a listing: the `(created_at, id)` of the last row seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// The cursor just after `row`.
+    pub fn after(row: &Model) -> Self {
+        Cursor {
+            created_at: row.created_at,
+            id: row.id,
+        }
+    }
+
+    /// An opaque, URL-safe string for clients.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}_{}",
+            self.created_at.timestamp_micros(),
+            self.id.simple()
+        )
+    }
+
+    /// Reads [`Cursor::encode`]'s string back.
+    pub fn decode(s: &str) -> Result<Self> {
+        let bad = || StoreError::InvalidCursor(s.to_owned());
+        let (micros, id) = s.split_once('_').ok_or_else(bad)?;
+        let created_at = micros
+            .parse::<i64>()
+            .ok()
+            .and_then(DateTime::from_timestamp_micros)
+            .ok_or_else(bad)?;
+        let id = Uuid::try_parse(id).map_err(|_| bad())?;
+        Ok(Cursor { created_at, id })
+    }
+}
+
+/// A listing request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only files in this state.
+    pub status: Option<FileStatus>,
+    pub order: SortOrder,
+    /// Start after this row (from the previous [`Page::next`]).
+    pub after: Option<Cursor>,
+    /// Rows per page, at most [`ListQuery::MAX_LIMIT`]; 0 gives just the total.
+    pub limit: u64,
+}
+
+impl ListQuery {
+    pub const MAX_LIMIT: u64 = 1000;
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        ListQuery {
+            status: None,
+            order: SortOrder::Desc,
+            after: None,
+            limit: 50,
+        }
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub items: Vec<Model>,
+    /// All rows matching the filter, on every page.
+    pub total: u64,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
+}
+
+/// Lists files by `(created_at, id)` with keyset pagination: stable under
+/// inserts and deletes, no row seen twice, no OFFSET scans.
+pub async fn list(db: &DatabaseConnection, query: &ListQuery) -> Result<Page> {
+    let limit = std::cmp::min(query.limit, ListQuery::MAX_LIMIT);
+    let mut filtered = AudioFile::find();
+    if let Some(status) = query.status {
+        filtered = filtered.filter(Column::Status.eq(status));
+    }
+    let total = filtered.clone().count(db).await?;
+    if limit == 0 {
+        return Ok(Page {
+            items: Vec::new(),
+            total,
+            next: None,
+        });
+    }
+    let mut select = filtered;
+    if let Some(c) = query.after {
+        let (beyond_time, beyond_id) = match query.order {
+            SortOrder::Asc => (Column::CreatedAt.gt(c.created_at), Column::Id.gt(c.id)),
+            SortOrder::Desc => (Column::CreatedAt.lt(c.created_at), Column::Id.lt(c.id)),
+        };
+        select = select.filter(
+            Condition::any().add(beyond_time).add(
+                Condition::all()
+                    .add(Column::CreatedAt.eq(c.created_at))
+                    .add(beyond_id),
+            ),
+        );
+    }
+    select = match query.order {
+        SortOrder::Asc => select
+            .order_by_asc(Column::CreatedAt)
+            .order_by_asc(Column::Id),
+        SortOrder::Desc => select
+            .order_by_desc(Column::CreatedAt)
+            .order_by_desc(Column::Id),
+    };
+    let mut items = select.limit(limit + 1).all(db).await?;
+    let more = items.len() as u64 > limit;
+    items.truncate(limit as usize);
+    let next = if more {
+        items.last().map(Cursor::after)
+    } else {
+        None
+    };
+    Ok(Page { items, total, next })
+}
+
+/// How many files are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    pub queued: u64,
+    pub decoding: u64,
+    pub embedding: u64,
+    pub indexed: u64,
+    pub failed: u64,
+}
+
+impl StatusCounts {
+    pub fn get(&self, status: FileStatus) -> u64 {
+        match status {
+            FileStatus::Queued => self.queued,
+            FileStatus::Decoding => self.decoding,
+            FileStatus::Embedding => self.embedding,
+            FileStatus::Indexed => self.indexed,
+            FileStatus::Failed => self.failed,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        FileStatus::ALL.iter().map(|s| self.get(*s)).sum()
+    }
+}
+
+/// Counts files per status (one grouped query).
+pub async fn count_by_status(db: &DatabaseConnection) -> Result<StatusCounts> {
+    let rows: Vec<(FileStatus, i64)> = AudioFile::find()
+        .select_only()
+        .column(Column::Status)
+        .column_as(Column::Id.count(), "n")
+        .group_by(Column::Status)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut counts = StatusCounts::default();
+    for (status, n) in rows {
+        let n = u64::try_from(n).unwrap_or(0);
+        match status {
+            FileStatus::Queued => counts.queued = n,
+            FileStatus::Decoding => counts.decoding = n,
+            FileStatus::Embedding => counts.embedding = n,
+            FileStatus::Indexed => counts.indexed = n,
+            FileStatus::Failed => counts.failed = n,
+        }
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip() {
+        let c = Cursor {
+            created_at: DateTime::from_timestamp_micros(1_790_000_000_123_456).unwrap(),
+            id: id_for_hash(&"ab".repeat(32)),
+        };
+        assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        for bad in [
+            "",
+            "x",
+            "1_",
+            "_abc",
+            "12_nothex",
+            "1.5_00000000000000000000000000000000",
+        ] {
+            assert!(Cursor::decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_and_case_insensitive() {
+        let h = "0123456789abcdef".repeat(4);
+        assert_eq!(id_for_hash(&h), id_for_hash(&h.to_uppercase()));
+        assert_ne!(id_for_hash(&h), id_for_hash(&"f".repeat(64)));
+        assert_eq!(id_for_hash(&h).get_version_num(), 5);
+    }
+}

@@ -1,0 +1,909 @@
+//! [`VectorIndex`] on in-process Qdrant shards (`qdrant-edge`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use qdrant_edge::external::ordered_float::OrderedFloat;
+use qdrant_edge::external::serde_json::{Map, Value};
+use qdrant_edge::{
+    AcornSearchParams, Condition, CountRequest, CreateIndex, Distance, EdgeConfig,
+    EdgeOptimizersConfig, EdgeShard, EdgeVectorParams, FieldCondition, FieldIndexOperations,
+    Filter, FloatIndexParams, HnswIndexConfig, IntegerIndexParams, JsonPath, KeywordIndexParams,
+    Match, NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaParams, PointId,
+    PointInsertOperations, PointOperations, PointStructPersisted, QueryEnum, QueryRequest, Range,
+    ScoredPoint, ScoringQuery, UpdateOperation, ValueVariants, VectorInternal,
+    VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
+    DEFAULT_VECTOR_NAME,
+};
+use uuid::Uuid;
+
+use crate::error::{IndexError, Result};
+use crate::types::point_id;
+use crate::{
+    FileHit, FileVectors, IndexConfig, IndexCounts, SearchFilter, SearchParams, VectorIndex,
+    WindowHit,
+};
+
+// Payload keys.
+const FILE_ID: &str = "file_id";
+const KIND: &str = "kind";
+const DURATION_S: &str = "duration_s";
+const FORMAT: &str = "format";
+const CREATED_AT: &str = "created_at";
+const WINDOW_COUNT: &str = "window_count";
+const WINDOW_INDEX: &str = "window_index";
+const START_S: &str = "start_s";
+const END_S: &str = "end_s";
+
+const KIND_FILE: &str = "file";
+const KIND_WINDOW: &str = "window";
+
+/// Subdirectories of the index: one qdrant-edge shard for window points, one for file points.
+const WINDOWS_DIR: &str = "windows";
+const FILES_DIR: &str = "files";
+
+/// qdrant-edge's file naming its config; its presence marks an existing shard.
+const EDGE_CONFIG_FILE: &str = "edge_config.json";
+
+/// Which points a shard holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Window,
+    File,
+}
+
+impl Kind {
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::Window => WINDOWS_DIR,
+            Kind::File => FILES_DIR,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Window => KIND_WINDOW,
+            Kind::File => KIND_FILE,
+        }
+    }
+
+    /// The payload indexes of the shard. `enable_hnsw` matters only with
+    /// [`IndexConfig::filter_links`]: it is on for the fields a user filter may make
+    /// selective (format, duration, creation time) and off for `file_id` (tiny blocks) and
+    /// the bookkeeping fields, which searches never select on.
+    fn payload_indexes(self) -> Vec<(&'static str, PayloadSchemaParams)> {
+        let keyword = |enable_hnsw| {
+            PayloadSchemaParams::Keyword(KeywordIndexParams {
+                enable_hnsw: Some(enable_hnsw),
+                ..KeywordIndexParams::default()
+            })
+        };
+        let integer = |lookup, range, enable_hnsw| {
+            PayloadSchemaParams::Integer(IntegerIndexParams {
+                lookup: Some(lookup),
+                range: Some(range),
+                enable_hnsw: Some(enable_hnsw),
+                ..IntegerIndexParams::default()
+            })
+        };
+        let mut indexes = vec![
+            (FILE_ID, keyword(false)),
+            (FORMAT, keyword(true)),
+            (
+                DURATION_S,
+                PayloadSchemaParams::Float(FloatIndexParams::default()),
+            ),
+            (CREATED_AT, integer(false, true, true)),
+        ];
+        indexes.push(match self {
+            Kind::Window => (WINDOW_INDEX, integer(false, true, false)),
+            Kind::File => (WINDOW_COUNT, integer(true, false, false)),
+        });
+        indexes
+    }
+}
+
+/// Statistics of the shards of an [`EdgeIndex`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexStats {
+    pub windows: ShardStats,
+    pub files: ShardStats,
+}
+
+/// Statistics of one qdrant-edge shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardStats {
+    pub segments: usize,
+    /// Points (approximate while deletes are not yet vacuumed).
+    pub points: usize,
+    /// Vectors in HNSW graphs; the rest are searched exactly until `optimize` runs.
+    pub indexed_vectors: usize,
+}
+
+/// The index in a directory, on qdrant-edge. Cheap to clone (shares one store).
+///
+/// The directory holds two qdrant-edge shards: `windows/` (one point per window) and
+/// `files/` (one point per file). Keeping file vectors out of the window shard matters for
+/// HNSW: a file vector is the mean of its windows and so their nearest neighbour, and
+/// with both kinds in one graph the file points became its hubs; filtering them out of a
+/// window search (or giving them a second named vector, which qdrant stores densely for
+/// every point) cost recall (recall@1 ≈ 0.75 in the benchmark) or twice the memory.
+///
+/// qdrant-edge is synchronous; every operation runs on `tokio::task::spawn_blocking`.
+/// Searches, counts and reads run concurrently. Writes (upserts, deletes), flushes and
+/// `optimize` are serialised by one mutex: qdrant-edge 0.7.2's `flush` panics if it finds
+/// the WAL or segment lock taken by a concurrent update or optimisation.
+#[derive(Clone)]
+pub struct EdgeIndex {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    windows: EdgeShard,
+    files: EdgeShard,
+    config: IndexConfig,
+    writes: Mutex<()>,
+}
+
+impl std::fmt::Debug for EdgeIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeIndex")
+            .field("path", &self.inner.config.path)
+            .field("dim", &self.inner.config.dim)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EdgeIndex {
+    /// Open the index at `config.path`: load it if it exists (checking that it holds
+    /// `config.dim`-d cosine vectors), create it otherwise. Blocking (file I/O); call it at
+    /// start-up or from `spawn_blocking`.
+    pub fn open(config: IndexConfig) -> Result<Self> {
+        if config.dim == 0 {
+            return Err(IndexError::InvalidArgument(
+                "index dimension must be positive".into(),
+            ));
+        }
+        if config.oversample == 0 || config.max_candidates == 0 || config.max_rounds == 0 {
+            return Err(IndexError::InvalidArgument(
+                "oversample, max_candidates and max_rounds must be positive".into(),
+            ));
+        }
+        let windows = open_shard(&config, Kind::Window)?;
+        let files = open_shard(&config, Kind::File)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                windows,
+                files,
+                config,
+                writes: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The configuration this index was opened with.
+    pub fn config(&self) -> &IndexConfig {
+        &self.inner.config
+    }
+
+    /// The index's directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.config.path
+    }
+
+    /// Segment and HNSW statistics of the two shards (cheap; for status pages and tests).
+    pub fn stats(&self) -> IndexStats {
+        let stats = |shard: &EdgeShard| {
+            let info = shard.info();
+            ShardStats {
+                segments: info.segments_count,
+                points: info.points_count,
+                indexed_vectors: info.indexed_vectors_count,
+            }
+        };
+        IndexStats {
+            windows: stats(&self.inner.windows),
+            files: stats(&self.inner.files),
+        }
+    }
+
+    /// Run `f` on the blocking pool.
+    async fn blocking<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| IndexError::Task {
+                op,
+                message: e.to_string(),
+            })?
+    }
+}
+
+#[async_trait]
+impl VectorIndex for EdgeIndex {
+    fn dim(&self) -> usize {
+        self.inner.config.dim
+    }
+
+    async fn upsert_file(&self, file: FileVectors) -> Result<()> {
+        self.blocking("upsert", move |inner| inner.upsert(vec![file]))
+            .await
+    }
+
+    async fn upsert_files(&self, files: Vec<FileVectors>) -> Result<()> {
+        self.blocking("upsert", move |inner| inner.upsert(files))
+            .await
+    }
+
+    async fn delete_file(&self, file_id: Uuid) -> Result<()> {
+        self.blocking("delete", move |inner| inner.delete(file_id))
+            .await
+    }
+
+    async fn search(&self, query: &[f32], params: SearchParams) -> Result<Vec<FileHit>> {
+        self.inner.check_vector("query vector", query)?;
+        let query = query.to_vec();
+        self.blocking("search", move |inner| inner.search(query, &params))
+            .await
+    }
+
+    async fn file_vector(&self, file_id: Uuid) -> Result<Option<Vec<f32>>> {
+        self.blocking("retrieve", move |inner| inner.file_vector(file_id))
+            .await
+    }
+
+    async fn count(&self) -> Result<IndexCounts> {
+        self.blocking("count", |inner| inner.count()).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.blocking("flush", |inner| {
+            let _writes = inner.lock_writes();
+            inner.flush();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn optimize(&self) -> Result<()> {
+        self.blocking("optimize", |inner| inner.optimize()).await
+    }
+}
+
+impl Inner {
+    fn lock_writes(&self) -> MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic while it was held leaves nothing inconsistent.
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Persist both shards. Call with the write lock held.
+    fn flush(&self) {
+        self.windows.flush();
+        self.files.flush();
+    }
+
+    fn check_vector(&self, what: &str, v: &[f32]) -> Result<()> {
+        if v.len() != self.config.dim {
+            return Err(IndexError::VectorDimension {
+                what: what.to_owned(),
+                got: v.len(),
+                expected: self.config.dim,
+            });
+        }
+        if !v.iter().all(|x| x.is_finite()) {
+            return Err(IndexError::NonFiniteVector {
+                what: what.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_file(&self, file: &FileVectors) -> Result<()> {
+        let id = file.file_id;
+        self.check_vector(&format!("file vector of {id}"), &file.vector)?;
+        if !file.duration_s.is_finite() || file.duration_s < 0.0 {
+            return Err(IndexError::InvalidArgument(format!(
+                "file {id}: duration {} s",
+                file.duration_s
+            )));
+        }
+        if u32::try_from(file.windows.len()).is_err() {
+            return Err(IndexError::InvalidArgument(format!(
+                "file {id}: {} windows",
+                file.windows.len()
+            )));
+        }
+        for (i, w) in file.windows.iter().enumerate() {
+            self.check_vector(&format!("window {i} of {id}"), &w.vector)?;
+            if !(w.start_s.is_finite() && w.end_s.is_finite() && w.start_s <= w.end_s) {
+                return Err(IndexError::InvalidArgument(format!(
+                    "window {i} of {id}: {} s to {} s",
+                    w.start_s, w.end_s
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn upsert(&self, files: Vec<FileVectors>) -> Result<()> {
+        // The last occurrence of a file wins; earlier ones would only fight over its points.
+        let mut last: HashMap<Uuid, FileVectors> = HashMap::with_capacity(files.len());
+        let mut order = Vec::with_capacity(files.len());
+        for file in files {
+            self.check_file(&file)?;
+            let id = file.file_id;
+            if last.insert(id, file).is_none() {
+                order.push(id);
+            }
+        }
+        if order.is_empty() {
+            return Ok(());
+        }
+
+        let mut window_points = Vec::new();
+        let mut file_points = Vec::with_capacity(order.len());
+        let mut stale = Vec::with_capacity(order.len());
+        for id in &order {
+            let file = last.remove(id).expect("every id in order is in the map");
+            let n_windows = file.windows.len() as u32;
+            // Windows at an index the new version no longer has.
+            stale.push(Condition::Filter(Filter {
+                must: Some(vec![
+                    match_keyword(FILE_ID, &id.to_string()),
+                    range(
+                        WINDOW_INDEX,
+                        Range {
+                            gte: Some(OrderedFloat(f64::from(n_windows))),
+                            ..empty_range()
+                        },
+                    ),
+                ]),
+                ..Filter::new()
+            }));
+            let (file_point, windows) = points(file);
+            file_points.push(file_point);
+            window_points.extend(windows);
+        }
+        let stale = Filter {
+            should: Some(stale),
+            ..Filter::new()
+        };
+
+        let _writes = self.lock_writes();
+        // Windows first, the file point last: a file that `count` reports has its windows.
+        if !window_points.is_empty() {
+            upsert(&self.windows, window_points)?;
+        }
+        self.windows
+            .update(UpdateOperation::PointOperation(
+                PointOperations::DeletePointsByFilter(stale),
+            ))
+            .map_err(|e| IndexError::backend("upsert (removing stale windows)", e))?;
+        upsert(&self.files, file_points)?;
+        if self.config.flush_on_write {
+            self.flush();
+        }
+        Ok(())
+    }
+
+    fn delete(&self, file_id: Uuid) -> Result<()> {
+        let filter = Filter::new_must(match_keyword(FILE_ID, &file_id.to_string()));
+        let _writes = self.lock_writes();
+        for shard in [&self.files, &self.windows] {
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::DeletePointsByFilter(filter.clone()),
+                ))
+                .map_err(|e| IndexError::backend("delete", e))?;
+        }
+        if self.config.flush_on_write {
+            self.flush();
+        }
+        Ok(())
+    }
+
+    fn optimize(&self) -> Result<()> {
+        let _writes = self.lock_writes();
+        for (kind, shard) in [(Kind::Window, &self.windows), (Kind::File, &self.files)] {
+            let started = std::time::Instant::now();
+            let changed = shard
+                .optimize()
+                .map_err(|e| IndexError::backend("optimize", e))?;
+            if changed {
+                shard.flush();
+            }
+            tracing::info!(
+                shard = kind.dir(),
+                changed,
+                elapsed_s = started.elapsed().as_secs_f64(),
+                "optimised vector index"
+            );
+        }
+        Ok(())
+    }
+
+    fn search(&self, query: Vec<f32>, params: &SearchParams) -> Result<Vec<FileHit>> {
+        if params.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let base = search_filter(params);
+        let user_filter = params.filter != SearchFilter::default();
+
+        // Files ranked by their windows, in rounds (see the crate docs).
+        let mut hits: Vec<FileHit> = Vec::with_capacity(params.limit);
+        let mut seen: HashSet<Uuid> = HashSet::new();
+        let mut oversample = self.config.oversample;
+        for round in 0..self.config.max_rounds {
+            let wanted = params.limit - hits.len();
+            let candidates = wanted
+                .saturating_mul(oversample)
+                .clamp(wanted, self.config.max_candidates.max(wanted));
+            let mut filter = base.clone();
+            if !seen.is_empty() {
+                let seen_ids: Vec<String> = seen.iter().map(Uuid::to_string).collect();
+                filter
+                    .must_not
+                    .get_or_insert_with(Vec::new)
+                    .push(field_match(FILE_ID, Match::from(seen_ids)));
+            }
+            let points = self.query(
+                Kind::Window,
+                &query,
+                filter,
+                params.score_threshold,
+                candidates,
+                user_filter,
+            )?;
+            let exhausted = points.len() < candidates;
+            for point in &points {
+                let hit = parse_hit(Kind::Window, point)?;
+                if seen.insert(hit.file_id) {
+                    hits.push(hit);
+                    if hits.len() == params.limit {
+                        break;
+                    }
+                }
+            }
+            tracing::trace!(
+                round,
+                candidates,
+                returned = points.len(),
+                files = hits.len(),
+                "search round"
+            );
+            if hits.len() == params.limit || exhausted {
+                break;
+            }
+            oversample = oversample.saturating_mul(4);
+        }
+
+        // Files without windows, ranked by their file vector. The filter matches (next to)
+        // no points, so qdrant answers from the payload index without walking the graph.
+        let mut filter = base;
+        filter.must.get_or_insert_with(Vec::new).push(field_match(
+            WINDOW_COUNT,
+            Match::from(ValueVariants::Integer(0)),
+        ));
+        let bare = self.query(
+            Kind::File,
+            &query,
+            filter,
+            params.score_threshold,
+            params.limit,
+            false,
+        )?;
+        if !bare.is_empty() {
+            for point in &bare {
+                hits.push(parse_hit(Kind::File, point)?);
+            }
+            // Stable: on a tie, files ranked by a window stay first.
+            hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+            hits.truncate(params.limit);
+        }
+        Ok(hits)
+    }
+
+    fn query(
+        &self,
+        kind: Kind,
+        query: &[f32],
+        filter: Filter,
+        score_threshold: Option<f32>,
+        limit: usize,
+        user_filter: bool,
+    ) -> Result<Vec<ScoredPoint>> {
+        let shard = match kind {
+            Kind::Window => &self.windows,
+            Kind::File => &self.files,
+        };
+        let params = qdrant_edge::SearchParams {
+            hnsw_ef: if user_filter {
+                Some(self.config.filtered_hnsw_ef)
+            } else {
+                self.config.hnsw_ef
+            },
+            // With a user filter, let qdrant switch to ACORN (a two-hop graph walk) when the
+            // filter is selective (estimated < 40 % of points match).
+            acorn: user_filter.then_some(AcornSearchParams {
+                enable: true,
+                max_selectivity: None,
+            }),
+            ..Default::default()
+        };
+        let with_payload = match kind {
+            Kind::Window => vec![FILE_ID, WINDOW_INDEX, START_S, END_S],
+            Kind::File => vec![FILE_ID],
+        };
+        shard
+            .query(QueryRequest {
+                prefetches: Vec::new(),
+                query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+                    query: VectorInternal::from(query.to_vec()),
+                    using: None,
+                }))),
+                filter: (!filter_is_empty(&filter)).then_some(filter),
+                score_threshold: score_threshold.map(OrderedFloat),
+                limit,
+                offset: 0,
+                params: Some(params),
+                with_vector: WithVector::Bool(false),
+                with_payload: WithPayloadInterface::Fields(
+                    with_payload.into_iter().map(key).collect(),
+                ),
+            })
+            .map_err(|e| IndexError::backend("search", e))
+    }
+
+    fn file_vector(&self, file_id: Uuid) -> Result<Option<Vec<f32>>> {
+        let id = PointId::Uuid(point_id::file(file_id));
+        let records = self
+            .files
+            .retrieve(
+                &[id],
+                Some(WithPayloadInterface::Bool(false)),
+                Some(WithVector::Bool(true)),
+            )
+            .map_err(|e| IndexError::backend("retrieve", e))?;
+        let Some(record) = records.into_iter().next() else {
+            return Ok(None);
+        };
+        let vector = match record.vector {
+            Some(VectorStructInternal::Single(v)) => Some(v),
+            Some(VectorStructInternal::Named(mut named)) => {
+                match named.remove(DEFAULT_VECTOR_NAME) {
+                    Some(VectorInternal::Dense(v)) => Some(v),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        vector.map(Some).ok_or_else(|| IndexError::CorruptPayload {
+            point: id.to_string(),
+            reason: "file point has no dense vector".into(),
+        })
+    }
+
+    fn count(&self) -> Result<IndexCounts> {
+        let count = |shard: &EdgeShard| {
+            shard
+                .count(CountRequest {
+                    filter: None,
+                    exact: true,
+                })
+                .map(|n| n as u64)
+                .map_err(|e| IndexError::backend("count", e))
+        };
+        Ok(IndexCounts {
+            files: count(&self.files)?,
+            windows: count(&self.windows)?,
+        })
+    }
+}
+
+fn upsert(shard: &EdgeShard, points: Vec<PointStructPersisted>) -> Result<()> {
+    shard
+        .update(UpdateOperation::PointOperation(
+            PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+        ))
+        .map_err(|e| IndexError::backend("upsert", e))
+}
+
+/// Create or load the shard for `kind` under `config.path`.
+fn open_shard(config: &IndexConfig, kind: Kind) -> Result<EdgeShard> {
+    let path = config.path.join(kind.dir());
+    std::fs::create_dir_all(&path).map_err(|source| IndexError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let open_error = |e: qdrant_edge::OperationError| {
+        // qdrant-edge locks the WAL directory; its error only says so in words.
+        if e.to_string().contains("WouldBlock") {
+            IndexError::Locked {
+                path: config.path.clone(),
+            }
+        } else {
+            IndexError::Open {
+                path: path.clone(),
+                source: e.into(),
+            }
+        }
+    };
+
+    let shard = if shard_exists(&path)? {
+        let shard = EdgeShard::load(&path, None).map_err(open_error)?;
+        check_vector_params(&shard, &config.path, config.dim)?;
+        let hnsw = hnsw_config(config, shard.config().hnsw_config);
+        if shard.config().hnsw_config != hnsw {
+            // The next `optimize` rebuilds the graphs with it.
+            shard.set_hnsw_config(hnsw).map_err(open_error)?;
+        }
+        if let Some(kb) = config.indexing_threshold_kb {
+            let mut optimizers = shard.config().optimizers.clone();
+            if optimizers.indexing_threshold != Some(kb) {
+                optimizers.indexing_threshold = Some(kb);
+                shard
+                    .set_optimizers_config(optimizers)
+                    .map_err(open_error)?;
+            }
+        }
+        tracing::debug!(path = %path.display(), dim = config.dim, "loaded index shard");
+        shard
+    } else {
+        let edge_config = EdgeConfig::builder()
+            .vector(
+                DEFAULT_VECTOR_NAME,
+                EdgeVectorParams::builder(config.dim, Distance::Cosine).build(),
+            )
+            .hnsw_config(hnsw_config(config, HnswIndexConfig::default()))
+            .optimizers(EdgeOptimizersConfig {
+                indexing_threshold: config.indexing_threshold_kb,
+                ..EdgeOptimizersConfig::default()
+            })
+            .build();
+        let shard = EdgeShard::new(&path, edge_config).map_err(open_error)?;
+        tracing::info!(path = %path.display(), dim = config.dim, "created index shard");
+        shard
+    };
+
+    let existing = shard.info().payload_schema;
+    for (field, params) in kind.payload_indexes() {
+        let field_name = key(field);
+        if existing.contains_key(&field_name) {
+            continue;
+        }
+        shard
+            .update(UpdateOperation::FieldIndexOperation(
+                FieldIndexOperations::CreateIndex(CreateIndex {
+                    field_name,
+                    field_schema: Some(PayloadFieldSchema::FieldParams(params)),
+                }),
+            ))
+            .map_err(open_error)?;
+    }
+    Ok(shard)
+}
+
+/// `base` with the HNSW parameters of `config`.
+fn hnsw_config(config: &IndexConfig, base: HnswIndexConfig) -> HnswIndexConfig {
+    HnswIndexConfig {
+        m: config.hnsw_m,
+        ef_construct: config.hnsw_ef_construct,
+        // `None`: payload links with `m` per node; `Some(0)`: none.
+        payload_m: if config.filter_links { None } else { Some(0) },
+        ..base
+    }
+}
+
+/// Whether `path` already holds a qdrant-edge shard.
+fn shard_exists(path: &Path) -> Result<bool> {
+    if path.join(EDGE_CONFIG_FILE).exists() {
+        return Ok(true);
+    }
+    let segments = path.join("segments");
+    match std::fs::read_dir(&segments) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(IndexError::Io {
+            path: segments,
+            source,
+        }),
+    }
+}
+
+/// A loaded shard must hold one dense cosine vector of the configured size.
+fn check_vector_params(shard: &EdgeShard, index_path: &Path, dim: usize) -> Result<()> {
+    let config = shard.config();
+    let incompatible = |reason: String| IndexError::Incompatible {
+        path: PathBuf::from(shard.path()),
+        reason,
+    };
+    let Some(params) = config.vectors.get(DEFAULT_VECTOR_NAME) else {
+        let mut names: Vec<&String> = config.vectors.keys().collect();
+        names.sort();
+        return Err(incompatible(format!(
+            "it has no unnamed dense vector (vectors: {names:?})"
+        )));
+    };
+    if params.size != dim {
+        return Err(IndexError::DimensionMismatch {
+            path: index_path.to_owned(),
+            stored: params.size,
+            expected: dim,
+        });
+    }
+    if params.distance != Distance::Cosine {
+        return Err(incompatible(format!(
+            "it uses {:?} distance, not cosine",
+            params.distance
+        )));
+    }
+    Ok(())
+}
+
+fn key(name: &str) -> JsonPath {
+    JsonPath::try_from(name).expect("payload keys are plain identifiers")
+}
+
+fn field_match(name: &str, m: Match) -> Condition {
+    Condition::Field(FieldCondition::new_match(key(name), m))
+}
+
+fn match_keyword(name: &str, value: &str) -> Condition {
+    field_match(name, Match::from(ValueVariants::String(value.to_owned())))
+}
+
+fn range(name: &str, r: Range<OrderedFloat<f64>>) -> Condition {
+    Condition::Field(FieldCondition::new_range(key(name), r))
+}
+
+fn empty_range() -> Range<OrderedFloat<f64>> {
+    Range {
+        lt: None,
+        gt: None,
+        gte: None,
+        lte: None,
+    }
+}
+
+/// The shards' filter for a search: the user's conditions and the excluded file.
+fn search_filter(params: &SearchParams) -> Filter {
+    let f = &params.filter;
+    let mut must = Vec::new();
+    if f.min_duration_s.is_some() || f.max_duration_s.is_some() {
+        must.push(range(
+            DURATION_S,
+            Range {
+                gte: f.min_duration_s.map(OrderedFloat),
+                lte: f.max_duration_s.map(OrderedFloat),
+                ..empty_range()
+            },
+        ));
+    }
+    if !f.formats.is_empty() {
+        let formats: Vec<String> = f.formats.iter().map(|s| s.to_lowercase()).collect();
+        must.push(field_match(FORMAT, Match::from(formats)));
+    }
+    if f.created_after.is_some() || f.created_before.is_some() {
+        // Unix seconds are far below 2^53: exact as f64.
+        must.push(range(
+            CREATED_AT,
+            Range {
+                gt: f.created_after.map(|t| OrderedFloat(t as f64)),
+                lt: f.created_before.map(|t| OrderedFloat(t as f64)),
+                ..empty_range()
+            },
+        ));
+    }
+    let must_not = params
+        .exclude_file
+        .map(|id| vec![match_keyword(FILE_ID, &id.to_string())]);
+    Filter {
+        should: None,
+        min_should: None,
+        must: (!must.is_empty()).then_some(must),
+        must_not,
+    }
+}
+
+fn filter_is_empty(f: &Filter) -> bool {
+    [&f.should, &f.must, &f.must_not]
+        .iter()
+        .all(|c| c.as_ref().is_none_or(Vec::is_empty))
+        && f.min_should.is_none()
+}
+
+/// The points of a file: its file point and its window points.
+fn points(file: FileVectors) -> (PointStructPersisted, Vec<PointStructPersisted>) {
+    let FileVectors {
+        file_id,
+        duration_s,
+        format,
+        created_at,
+        vector,
+        windows,
+    } = file;
+    let mut common = Map::new();
+    common.insert(FILE_ID.into(), Value::from(file_id.to_string()));
+    common.insert(DURATION_S.into(), Value::from(duration_s));
+    common.insert(FORMAT.into(), Value::from(format.to_lowercase()));
+    common.insert(CREATED_AT.into(), Value::from(created_at));
+
+    let mut payload = common.clone();
+    payload.insert(KIND.into(), Value::from(Kind::File.name()));
+    payload.insert(WINDOW_COUNT.into(), Value::from(windows.len()));
+    let file_point = PointStructPersisted {
+        id: PointId::Uuid(point_id::file(file_id)),
+        vector: VectorStructPersisted::Single(vector),
+        payload: Some(Payload(payload)),
+    };
+    let window_points = windows
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let index = i as u32; // checked by `check_file`
+            let mut payload = common.clone();
+            payload.insert(KIND.into(), Value::from(Kind::Window.name()));
+            payload.insert(WINDOW_INDEX.into(), Value::from(index));
+            payload.insert(START_S.into(), Value::from(w.start_s));
+            payload.insert(END_S.into(), Value::from(w.end_s));
+            PointStructPersisted {
+                id: PointId::Uuid(point_id::window(file_id, index)),
+                vector: VectorStructPersisted::Single(w.vector),
+                payload: Some(Payload(payload)),
+            }
+        })
+        .collect();
+    (file_point, window_points)
+}
+
+fn parse_hit(kind: Kind, point: &ScoredPoint) -> Result<FileHit> {
+    let corrupt = |reason: String| IndexError::CorruptPayload {
+        point: point.id.to_string(),
+        reason,
+    };
+    let payload = point
+        .payload
+        .as_ref()
+        .ok_or_else(|| corrupt("no payload".into()))?;
+    let field = |name: &str| {
+        payload
+            .0
+            .get(name)
+            .ok_or_else(|| corrupt(format!("no `{name}`")))
+    };
+    let file_id = field(FILE_ID)?
+        .as_str()
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| corrupt(format!("`{FILE_ID}` is not a UUID")))?;
+    let best_window = match kind {
+        Kind::File => None,
+        Kind::Window => {
+            let index = field(WINDOW_INDEX)?
+                .as_u64()
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| corrupt(format!("`{WINDOW_INDEX}` is not a window index")))?;
+            let seconds = |name: &str| {
+                field(name)?
+                    .as_f64()
+                    .ok_or_else(|| corrupt(format!("`{name}` is not a number")))
+            };
+            Some(WindowHit {
+                index,
+                start_s: seconds(START_S)?,
+                end_s: seconds(END_S)?,
+                score: point.score,
+            })
+        }
+    };
+    Ok(FileHit {
+        file_id,
+        score: point.score,
+        best_window,
+    })
+}
