@@ -9,21 +9,9 @@ use std::process::{Command, Output};
 
 use common::{fixtures_dir, load_reference, signal};
 
-/// The `traum` binary of this build profile, built on demand when the test
-/// runs without the rest of the workspace (`cargo test -p traum-engine`).
+/// The `traum` binary, built by cargo for this test.
 fn traum() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let bin = profile_dir.join("traum");
-    if !bin.exists() {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "traum-server", "--bin", "traum"]);
-        if profile_dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().unwrap().success(), "building traum failed");
-    }
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_traum"))
 }
 
 /// 32-bit float mono WAV at 48 kHz: the decoder returns these samples exactly.

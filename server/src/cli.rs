@@ -1,5 +1,6 @@
 //! Command-line arguments. Every option also reads an environment variable.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -18,8 +19,83 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service: GraphQL API, processing pipeline, web client.
+    Serve(ServeArgs),
+    /// Import a folder of audio into the library (recursively, by extension).
+    Ingest(IngestArgs),
+    /// Print the GraphQL schema (SDL).
+    Schema,
     /// Print CLAP embeddings of audio files and texts, one JSON object per line.
     Embed(EmbedArgs),
+}
+
+/// Where the library lives and how it processes files.
+#[derive(Debug, Clone, Args)]
+pub struct LibraryArgs {
+    /// Data directory: stored files, vector index, SQLite database.
+    #[arg(long, env = "TRAUM_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Database URL (sqlite://… or postgres://…); default: SQLite in the data directory.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Files processed at once.
+    #[arg(long, env = "TRAUM_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// Longest wait (ms) for a forward pass to fill its batch.
+    #[arg(long, env = "TRAUM_BATCH_WAIT_MS", default_value_t = 5)]
+    pub batch_wait_ms: u64,
+    /// Seconds between the starts of consecutive 10 s windows (at most 10).
+    #[arg(long, env = "TRAUM_WINDOW_HOP_S", default_value_t = 10.0)]
+    pub hop_s: f64,
+    /// Largest accepted file, in MB (10^6 bytes).
+    #[arg(long, env = "TRAUM_MAX_UPLOAD_MB", default_value_t = 100)]
+    pub max_upload_mb: u64,
+    /// Interrupted processing attempts before a file is marked failed.
+    #[arg(long, env = "TRAUM_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub library: LibraryArgs,
+    /// Address to listen on (port 0: any free port; the address is printed).
+    #[arg(long, env = "TRAUM_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: SocketAddr,
+    /// Origins allowed to call the API from a browser (comma-separated, or *).
+    #[arg(long, env = "TRAUM_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Most files in one upload request.
+    #[arg(long, env = "TRAUM_MAX_FILES_PER_REQUEST", default_value_t = 32)]
+    pub max_files_per_request: usize,
+    /// Deepest GraphQL query accepted.
+    #[arg(long, env = "TRAUM_MAX_QUERY_DEPTH", default_value_t = 12)]
+    pub max_query_depth: usize,
+    /// Most complex GraphQL query accepted (fields, weighted by lists).
+    #[arg(long, env = "TRAUM_MAX_QUERY_COMPLEXITY", default_value_t = 2000)]
+    pub max_query_complexity: usize,
+    /// The built web client to serve at / (default: client/dist if present).
+    #[arg(long, env = "TRAUM_CLIENT_DIR")]
+    pub client_dir: Option<PathBuf>,
+    /// Seconds to finish in-flight work after SIGTERM before giving it back to the queue.
+    #[arg(long, env = "TRAUM_SHUTDOWN_GRACE_S", default_value_t = 10)]
+    pub shutdown_grace_s: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub library: LibraryArgs,
+    /// Hide the progress bar (log lines only).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Folders (searched recursively) or files to import.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
 }
 
 /// Which model, where it runs.

@@ -1,0 +1,142 @@
+//! Processing events: every state change and progress step of a file goes to
+//! one broadcast channel, which GraphQL subscriptions (and `traum ingest`'s
+//! progress bar) read.
+
+use async_graphql::{Enum, SimpleObject, ID};
+use chrono::{DateTime, Utc};
+use entity::audio_file::{FileStatus, Model};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+/// What happened to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum FileEventKind {
+    /// Current state, sent first by a subscription to given files.
+    Snapshot,
+    /// Uploaded (or reprocessing asked for): queued.
+    Added,
+    /// Moved to another stage.
+    Status,
+    /// More windows embedded.
+    Progress,
+    /// Deleted: gone from the library.
+    Deleted,
+}
+
+/// Processing state of a file, as the API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(name = "FileStatus")]
+pub enum ApiFileStatus {
+    Queued,
+    Decoding,
+    Embedding,
+    Indexed,
+    Failed,
+}
+
+impl From<FileStatus> for ApiFileStatus {
+    fn from(s: FileStatus) -> Self {
+        match s {
+            FileStatus::Queued => ApiFileStatus::Queued,
+            FileStatus::Decoding => ApiFileStatus::Decoding,
+            FileStatus::Embedding => ApiFileStatus::Embedding,
+            FileStatus::Indexed => ApiFileStatus::Indexed,
+            FileStatus::Failed => ApiFileStatus::Failed,
+        }
+    }
+}
+
+impl From<ApiFileStatus> for FileStatus {
+    fn from(s: ApiFileStatus) -> Self {
+        match s {
+            ApiFileStatus::Queued => FileStatus::Queued,
+            ApiFileStatus::Decoding => FileStatus::Decoding,
+            ApiFileStatus::Embedding => FileStatus::Embedding,
+            ApiFileStatus::Indexed => FileStatus::Indexed,
+            ApiFileStatus::Failed => FileStatus::Failed,
+        }
+    }
+}
+
+/// One step in a file's processing.
+#[derive(Debug, Clone, PartialEq, SimpleObject)]
+pub struct FileEvent {
+    pub file_id: ID,
+    pub kind: FileEventKind,
+    pub status: ApiFileStatus,
+    /// Windows embedded so far.
+    pub windows_done: i32,
+    /// Windows the file has (an estimate until decoding ends, when the
+    /// container does not state its length).
+    pub windows_total: i32,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl FileEvent {
+    pub fn from_row(kind: FileEventKind, row: &Model) -> Self {
+        Self {
+            file_id: ID(row.id.to_string()),
+            kind,
+            status: row.status.into(),
+            windows_done: row.windows_done,
+            windows_total: row.windows_total,
+            error_code: row.error_code.clone(),
+            error_message: row.error_message.clone(),
+            at: Utc::now(),
+        }
+    }
+
+    pub fn progress(id: Uuid, done: i32, total: i32) -> Self {
+        Self {
+            file_id: ID(id.to_string()),
+            kind: FileEventKind::Progress,
+            status: ApiFileStatus::Embedding,
+            windows_done: done,
+            windows_total: total,
+            error_code: None,
+            error_message: None,
+            at: Utc::now(),
+        }
+    }
+
+    pub fn deleted(row: &Model) -> Self {
+        Self::from_row(FileEventKind::Deleted, row)
+    }
+
+    /// The event is about this file.
+    pub fn is_for(&self, id: &Uuid) -> bool {
+        self.file_id.0 == id.to_string()
+    }
+
+    /// The last event a file gets unless it is reprocessed.
+    pub fn is_terminal(&self) -> bool {
+        self.kind == FileEventKind::Deleted
+            || matches!(self.status, ApiFileStatus::Indexed | ApiFileStatus::Failed)
+    }
+}
+
+/// The library's event channel. Slow subscribers lose the oldest events
+/// (they are told how many) rather than holding memory.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<FileEvent>,
+}
+
+impl EventBus {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            tx: broadcast::channel(capacity).0,
+        }
+    }
+
+    pub fn send(&self, event: FileEvent) {
+        // No subscribers is fine.
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<FileEvent> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,491 @@
+//! The GraphQL API: schema built once, SDL exported from code
+//! (`traum schema`, kept equal to `schema.graphql` by a test).
+
+pub mod types;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::futures_util::Stream;
+use async_graphql::{
+    Context, ErrorExtensions, Object, Result, Schema, SimpleObject, Subscription, Upload, ID,
+};
+use chrono::{DateTime, Utc};
+use entity::store::{self, Cursor, ListQuery, SortOrder};
+use futures_util::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use traum_index::SearchParams;
+use uuid::Uuid;
+
+use crate::error::{ApiError, GqlResult};
+use crate::events::{ApiFileStatus, FileEvent, FileEventKind};
+use crate::library::Library;
+use crate::storage::{self, Rejection, StagedFile};
+use types::*;
+
+pub type TraumSchema = Schema<Query, Mutation, Subscription>;
+
+/// Bounds on what one request may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct SchemaLimits {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+}
+
+impl Default for SchemaLimits {
+    fn default() -> Self {
+        Self {
+            max_depth: 12,
+            max_complexity: 2000,
+        }
+    }
+}
+
+/// The schema, with the library in its data.
+pub fn build_schema(library: Arc<Library>, limits: SchemaLimits) -> TraumSchema {
+    Schema::build(Query, Mutation, Subscription)
+        .data(library)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .finish()
+}
+
+/// The SDL of the schema (what `schema.graphql` holds).
+pub fn sdl() -> String {
+    Schema::build(Query, Mutation, Subscription).finish().sdl()
+}
+
+/// Most results one search returns.
+pub const MAX_SEARCH_LIMIT: i32 = 200;
+
+/// Files received by the streaming multipart handler, by upload index: the
+/// staged file, or why it was refused. Resolvers take theirs; whatever is
+/// left when the request ends is dropped, which deletes it.
+#[derive(Default)]
+pub struct UploadReceipts(pub Mutex<Vec<Option<Received>>>);
+
+/// One received upload.
+pub enum Received {
+    Staged(StagedFile),
+    Rejected {
+        filename: String,
+        rejection: Rejection,
+    },
+}
+
+fn library<'a>(ctx: &Context<'a>) -> Result<&'a Arc<Library>> {
+    ctx.data::<Arc<Library>>()
+}
+
+fn parse_id(id: &ID) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id.as_str())
+        .map_err(|_| ApiError::BadRequest(format!("{:?} is not a file id", id.as_str())))
+}
+
+fn search_params(
+    limit: i32,
+    threshold: Option<f64>,
+    filter: Option<SearchFilterInput>,
+) -> Result<SearchParams, ApiError> {
+    if !(1..=MAX_SEARCH_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_SEARCH_LIMIT}, got {limit}"
+        )));
+    }
+    if let Some(t) = threshold {
+        if !(-1.0..=1.0).contains(&t) {
+            return Err(ApiError::BadRequest(format!(
+                "threshold is a cosine similarity between -1 and 1, got {t}"
+            )));
+        }
+    }
+    Ok(SearchParams {
+        limit: limit as usize,
+        score_threshold: threshold.map(|t| t as f32),
+        filter: filter.unwrap_or_default().into(),
+        exclude_file: None,
+    })
+}
+
+/// The staged file of an upload: from the streaming handler's receipts, or
+/// (when the request came another way) copied from async-graphql's temp file.
+async fn take_upload(ctx: &Context<'_>, upload: &Upload) -> Result<Received, ApiError> {
+    if let Ok(receipts) = ctx.data::<Arc<UploadReceipts>>() {
+        let taken = receipts
+            .0
+            .lock()
+            .unwrap()
+            .get_mut(upload.0)
+            .and_then(Option::take);
+        return taken.ok_or_else(|| {
+            ApiError::BadRequest("the same upload is used twice in one request".into())
+        });
+    }
+    let value = upload
+        .value(ctx)
+        .map_err(|e| ApiError::BadRequest(format!("upload: {e}")))?;
+    let lib = library(ctx).map_err(|e| ApiError::Internal(e.message))?;
+    let incoming = lib.paths.incoming();
+    let limit = lib.config.max_file_bytes;
+    let filename = value.filename.clone();
+    tokio::task::spawn_blocking(move || {
+        match storage::stage_from_reader(&incoming, &value.filename, limit, value.content)? {
+            Ok(staged) => Ok(Received::Staged(staged)),
+            Err(rejection) => Ok(Received::Rejected {
+                filename,
+                rejection,
+            }),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+async fn staged_upload(ctx: &Context<'_>, upload: &Upload) -> Result<StagedFile, ApiError> {
+    match take_upload(ctx, upload).await? {
+        Received::Staged(s) => Ok(s),
+        Received::Rejected {
+            filename,
+            rejection,
+        } => {
+            if let Ok(lib) = library(ctx) {
+                lib.metrics.uploads.with_label_values(&["rejected"]).inc();
+            }
+            Err(ApiError::Rejected {
+                filename,
+                rejection,
+            })
+        }
+    }
+}
+
+pub struct Query;
+
+#[derive(SimpleObject)]
+pub struct FilesTotal {
+    /// Files matching the filter, on all pages.
+    pub total_count: i32,
+}
+
+#[Object]
+impl Query {
+    /// Is the server ready, and what is it running.
+    async fn health(&self, ctx: &Context<'_>) -> Result<Health> {
+        let lib = library(ctx)?;
+        let counts = store::count_by_status(&lib.db).await.gql()?;
+        let points = lib.index.count().await.gql()?;
+        let info = lib.embedder.info();
+        Ok(Health {
+            status: if lib.shutdown.is_cancelled() {
+                "shutting_down".into()
+            } else {
+                "ok".into()
+            },
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: lib.started.elapsed().as_secs_f64(),
+            model: ModelInfo {
+                id: info.model_id.clone(),
+                device: info.device.clone(),
+                dtype: info.dtype.clone(),
+                loaded: true,
+                embedding_dim: info.embedding_dim as i32,
+                sample_rate: info.sample_rate as i32,
+                window_s: info.window_samples as f64 / f64::from(info.sample_rate),
+                max_batch: lib.config.batcher.max_batch as i32,
+            },
+            vector_store: VectorStoreInfo {
+                kind: lib.index_kind.into(),
+                files: points.files as f64,
+                windows: points.windows as f64,
+                points: (points.files + points.windows) as f64,
+            },
+            queue: QueueInfo {
+                queued: counts.queued as i32,
+                processing: (counts.decoding + counts.embedding) as i32,
+                indexed: counts.indexed as i32,
+                failed: counts.failed as i32,
+                embed_pending: lib.embedder.queue_depth() as i32,
+            },
+        })
+    }
+
+    /// One file, or null if there is none with this id.
+    async fn file(&self, ctx: &Context<'_>, id: ID) -> Result<Option<AudioFile>> {
+        let lib = library(ctx)?;
+        let id = parse_id(&id).gql()?;
+        Ok(store::get(&lib.db, id).await.gql()?.map(AudioFile))
+    }
+
+    /// The library, a page at a time (Relay cursor connection).
+    async fn files(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20, validator(minimum = 0, maximum = 200))] first: i32,
+        after: Option<String>,
+        status: Option<ApiFileStatus>,
+        #[graphql(default)] order: FileOrder,
+    ) -> Result<Connection<String, AudioFile, FilesTotal>> {
+        let lib = library(ctx)?;
+        let after = after.as_deref().map(Cursor::decode).transpose().gql()?;
+        let query = ListQuery {
+            status: status.map(Into::into),
+            order: match order {
+                FileOrder::NewestFirst => SortOrder::Desc,
+                FileOrder::OldestFirst => SortOrder::Asc,
+            },
+            after,
+            limit: first as u64,
+        };
+        let page = store::list(&lib.db, &query).await.gql()?;
+        let mut connection = Connection::with_additional_fields(
+            after.is_some(),
+            page.next.is_some(),
+            FilesTotal {
+                total_count: page.total as i32,
+            },
+        );
+        connection.edges.extend(
+            page.items
+                .into_iter()
+                .map(|row| Edge::new(Cursor::after(&row).encode(), AudioFile(row))),
+        );
+        Ok(connection)
+    }
+
+    /// Files that sound like the text, best first, one result per file.
+    async fn search(
+        &self,
+        ctx: &Context<'_>,
+        text: String,
+        #[graphql(default = 10)] limit: Option<i32>,
+        threshold: Option<f64>,
+        filter: Option<SearchFilterInput>,
+    ) -> Result<SearchResponse> {
+        let lib = library(ctx)?;
+        let params = search_params(limit.unwrap_or(10), threshold, filter).gql()?;
+        let outcome = lib.search_text(&text, params).await.gql()?;
+        Ok(SearchResponse {
+            latency_ms: outcome.latency_ms,
+            results: outcome.hits.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// Files that sound like this file ("more like this"), never itself.
+    async fn similar(
+        &self,
+        ctx: &Context<'_>,
+        file_id: ID,
+        #[graphql(default = 10)] limit: Option<i32>,
+        threshold: Option<f64>,
+        filter: Option<SearchFilterInput>,
+    ) -> Result<SearchResponse> {
+        let lib = library(ctx)?;
+        let id = parse_id(&file_id).gql()?;
+        let params = search_params(limit.unwrap_or(10), threshold, filter).gql()?;
+        let outcome = lib.search_similar(id, params).await.gql()?;
+        Ok(SearchResponse {
+            latency_ms: outcome.latency_ms,
+            results: outcome.hits.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// Searches per kind and their latency (all time, or since a moment).
+    async fn search_stats(
+        &self,
+        ctx: &Context<'_>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<SearchStats> {
+        let lib = library(ctx)?;
+        let s = store::search_stats(&lib.db, since).await.gql()?;
+        Ok(SearchStats {
+            total: s.total as i32,
+            text: s.text as i32,
+            audio: s.audio as i32,
+            similar: s.similar as i32,
+            mean_latency_ms: s.mean_latency_ms,
+            p95_latency_ms: s.p95_latency_ms,
+        })
+    }
+
+    /// The latest searches, newest first.
+    async fn recent_searches(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20, validator(minimum = 1, maximum = 1000))] limit: i32,
+    ) -> Result<Vec<SearchLogEntry>> {
+        let lib = library(ctx)?;
+        let rows = store::recent_searches(&lib.db, limit as u64).await.gql()?;
+        Ok(rows.into_iter().map(SearchLogEntry).collect())
+    }
+}
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// Adds a file (GraphQL multipart request). The same content uploaded
+    /// again returns the file already in the library.
+    async fn upload_file(&self, ctx: &Context<'_>, file: Upload) -> Result<AudioFile> {
+        let lib = library(ctx)?;
+        let staged = staged_upload(ctx, &file).await.gql()?;
+        let (row, _) = lib.add_file(staged).await.gql()?;
+        Ok(AudioFile(row))
+    }
+
+    /// Adds several files; each succeeds or fails on its own.
+    async fn upload_files(
+        &self,
+        ctx: &Context<'_>,
+        files: Vec<Upload>,
+    ) -> Result<Vec<UploadOutcome>> {
+        let lib = library(ctx)?;
+        let mut out = Vec::with_capacity(files.len());
+        for upload in &files {
+            let outcome = match take_upload(ctx, upload).await {
+                Ok(Received::Staged(staged)) => {
+                    let filename = staged.original_name.clone();
+                    match lib.add_file(staged).await {
+                        Ok((row, created)) => UploadOutcome {
+                            filename,
+                            file: Some(AudioFile(row)),
+                            created,
+                            error: None,
+                        },
+                        Err(e) => UploadOutcome {
+                            filename,
+                            file: None,
+                            created: false,
+                            error: Some(UploadError {
+                                code: e.code().into(),
+                                message: e.to_string(),
+                            }),
+                        },
+                    }
+                }
+                Ok(Received::Rejected {
+                    filename,
+                    rejection,
+                }) => {
+                    lib.metrics.uploads.with_label_values(&["rejected"]).inc();
+                    let e = ApiError::Rejected {
+                        filename: filename.clone(),
+                        rejection,
+                    };
+                    UploadOutcome {
+                        filename,
+                        file: None,
+                        created: false,
+                        error: Some(UploadError {
+                            code: e.code().into(),
+                            message: e.to_string(),
+                        }),
+                    }
+                }
+                Err(e) => return Err(e.extend()),
+            };
+            out.push(outcome);
+        }
+        Ok(out)
+    }
+
+    /// Files that sound like an uploaded clip (the clip is not kept).
+    async fn search_by_audio(
+        &self,
+        ctx: &Context<'_>,
+        file: Upload,
+        #[graphql(default = 10)] limit: Option<i32>,
+        threshold: Option<f64>,
+        filter: Option<SearchFilterInput>,
+    ) -> Result<SearchResponse> {
+        let lib = library(ctx)?;
+        let params = search_params(limit.unwrap_or(10), threshold, filter).gql()?;
+        let staged = staged_upload(ctx, &file).await.gql()?;
+        let outcome = lib.search_audio(staged, params).await.gql()?;
+        Ok(SearchResponse {
+            latency_ms: outcome.latency_ms,
+            results: outcome.hits.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// Removes a file: its row, its stored bytes and all its vectors. Safe
+    /// while it is processing. Returns the id.
+    async fn delete_file(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
+        let lib = library(ctx)?;
+        let uuid = parse_id(&id).gql()?;
+        lib.delete_file(uuid).await.gql()?;
+        Ok(id)
+    }
+
+    /// Processes a file again (e.g. after a failure).
+    async fn reprocess_file(&self, ctx: &Context<'_>, id: ID) -> Result<AudioFile> {
+        let lib = library(ctx)?;
+        let uuid = parse_id(&id).gql()?;
+        Ok(AudioFile(lib.reprocess(uuid).await.gql()?))
+    }
+}
+
+pub struct Subscription;
+
+#[Subscription]
+impl Subscription {
+    /// Processing events of the given files: first each file's current
+    /// state (kind SNAPSHOT; DELETED for an unknown id), then every change.
+    async fn file_events(
+        &self,
+        ctx: &Context<'_>,
+        ids: Vec<ID>,
+    ) -> Result<impl Stream<Item = FileEvent>> {
+        let lib = library(ctx)?.clone();
+        let wanted: HashSet<Uuid> = ids.iter().map(parse_id).collect::<Result<_, _>>().gql()?;
+        // Subscribe before reading the snapshots, so nothing falls between.
+        let live = BroadcastStream::new(lib.events.subscribe());
+        let mut snapshots = Vec::with_capacity(wanted.len());
+        for id in &wanted {
+            match store::get(&lib.db, *id).await.gql()? {
+                Some(row) => snapshots.push(FileEvent::from_row(FileEventKind::Snapshot, &row)),
+                None => snapshots.push(FileEvent {
+                    file_id: ID(id.to_string()),
+                    kind: FileEventKind::Deleted,
+                    status: ApiFileStatus::Failed,
+                    windows_done: 0,
+                    windows_total: 0,
+                    error_code: Some(crate::error::code::NOT_FOUND.into()),
+                    error_message: Some(format!("no audio file with id {id}")),
+                    at: Utc::now(),
+                }),
+            }
+        }
+        let live = live.filter_map(move |e| {
+            let keep = match e {
+                Ok(e) => Uuid::parse_str(e.file_id.as_str())
+                    .ok()
+                    .filter(|id| wanted.contains(id))
+                    .map(|_| e),
+                Err(lagged) => {
+                    tracing::warn!(%lagged, "a subscriber fell behind; events dropped");
+                    None
+                }
+            };
+            async move { keep }
+        });
+        Ok(futures_util::stream::iter(snapshots)
+            .chain(live)
+            .take_until(lib.shutdown.clone().cancelled_owned()))
+    }
+
+    /// Every processing event in the library.
+    async fn library_events(&self, ctx: &Context<'_>) -> Result<impl Stream<Item = FileEvent>> {
+        let lib = library(ctx)?.clone();
+        let live = BroadcastStream::new(lib.events.subscribe()).filter_map(|e| async move {
+            match e {
+                Ok(e) => Some(e),
+                Err(lagged) => {
+                    tracing::warn!(%lagged, "a subscriber fell behind; events dropped");
+                    None
+                }
+            }
+        });
+        Ok(live.take_until(lib.shutdown.clone().cancelled_owned()))
+    }
+}

@@ -1,0 +1,287 @@
+//! GraphQL output and input types.
+
+use async_graphql::{Enum, InputObject, Object, SimpleObject, ID};
+use chrono::{DateTime, Utc};
+use entity::audio_file::Model as FileRow;
+use entity::search_log::{Model as SearchRow, SearchKind};
+use traum_index::SearchFilter;
+
+use crate::events::ApiFileStatus;
+use crate::library::SearchHit;
+
+/// An audio file in the library.
+pub struct AudioFile(pub FileRow);
+
+#[Object]
+impl AudioFile {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    /// File name as uploaded.
+    async fn original_name(&self) -> &str {
+        &self.0.original_name
+    }
+    /// SHA-256 of the bytes (hex); the same content is stored once.
+    async fn content_hash(&self) -> &str {
+        &self.0.content_hash
+    }
+    async fn size_bytes(&self) -> f64 {
+        self.0.size_bytes as f64
+    }
+    /// Container: wav, flac, mp3, ogg or mp4.
+    async fn container(&self) -> &str {
+        &self.0.container
+    }
+    /// Codec, once decoded (pcm_s16le, flac, mp3, vorbis, aac, …).
+    async fn codec(&self) -> Option<&str> {
+        self.0.codec.as_deref()
+    }
+    async fn duration_s(&self) -> Option<f64> {
+        self.0.duration_s
+    }
+    /// Source sample rate in Hz.
+    async fn sample_rate(&self) -> Option<i32> {
+        self.0.sample_rate
+    }
+    async fn channels(&self) -> Option<i32> {
+        self.0.channels
+    }
+    async fn status(&self) -> ApiFileStatus {
+        self.0.status.into()
+    }
+    /// Windows embedded so far (of `windowsTotal`).
+    async fn windows_done(&self) -> i32 {
+        self.0.windows_done
+    }
+    async fn windows_total(&self) -> i32 {
+        self.0.windows_total
+    }
+    /// Stable code when FAILED (UNSUPPORTED_FORMAT, CORRUPT, EMPTY, …).
+    async fn error_code(&self) -> Option<&str> {
+        self.0.error_code.as_deref()
+    }
+    /// Why it FAILED, for people.
+    async fn error_message(&self) -> Option<&str> {
+        self.0.error_message.as_deref()
+    }
+    /// The model that made its vectors.
+    async fn model_id(&self) -> Option<&str> {
+        self.0.model_id.as_deref()
+    }
+    /// How many times processing started.
+    async fn attempts(&self) -> i32 {
+        self.0.attempts
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    async fn indexed_at(&self) -> Option<DateTime<Utc>> {
+        self.0.indexed_at
+    }
+    /// Where the original streams from (supports HTTP Range).
+    async fn url(&self) -> String {
+        format!("/files/{}", self.0.id)
+    }
+}
+
+/// One file of a search result.
+#[derive(SimpleObject)]
+pub struct SearchResult {
+    pub file: AudioFile,
+    /// Cosine similarity of the best-matching window to the query.
+    pub score: f64,
+    /// Where in the file the match is.
+    pub best_window: Option<MatchWindow>,
+}
+
+/// A 10 s window of a file.
+#[derive(SimpleObject)]
+pub struct MatchWindow {
+    pub index: i32,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub score: f64,
+}
+
+impl From<SearchHit> for SearchResult {
+    fn from(h: SearchHit) -> Self {
+        Self {
+            file: AudioFile(h.file),
+            score: f64::from(h.hit.score),
+            best_window: h.hit.best_window.map(|w| MatchWindow {
+                index: w.index as i32,
+                start_s: w.start_s,
+                end_s: w.end_s,
+                score: f64::from(w.score),
+            }),
+        }
+    }
+}
+
+/// A search with its results.
+#[derive(SimpleObject)]
+pub struct SearchResponse {
+    pub results: Vec<SearchResult>,
+    /// Server-side time, milliseconds.
+    pub latency_ms: f64,
+}
+
+/// Restricts a search.
+#[derive(Debug, Clone, Default, InputObject)]
+pub struct SearchFilterInput {
+    pub min_duration_s: Option<f64>,
+    pub max_duration_s: Option<f64>,
+    /// Containers (wav, flac, mp3, ogg, mp4); any when empty.
+    pub formats: Option<Vec<String>>,
+    /// Uploaded after this time.
+    pub uploaded_after: Option<DateTime<Utc>>,
+    /// Uploaded before this time.
+    pub uploaded_before: Option<DateTime<Utc>>,
+}
+
+impl From<SearchFilterInput> for SearchFilter {
+    fn from(f: SearchFilterInput) -> Self {
+        SearchFilter {
+            min_duration_s: f.min_duration_s,
+            max_duration_s: f.max_duration_s,
+            formats: f.formats.unwrap_or_default(),
+            created_after: f.uploaded_after.map(|t| t.timestamp()),
+            created_before: f.uploaded_before.map(|t| t.timestamp()),
+        }
+    }
+}
+
+/// Listing order by upload time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Default)]
+pub enum FileOrder {
+    #[default]
+    NewestFirst,
+    OldestFirst,
+}
+
+/// The result of one file of a batch upload: the file, or why not.
+#[derive(SimpleObject)]
+pub struct UploadOutcome {
+    /// The name the client sent.
+    pub filename: String,
+    pub file: Option<AudioFile>,
+    /// False when the same content was already in the library.
+    pub created: bool,
+    pub error: Option<UploadError>,
+}
+
+/// Why an upload was refused.
+#[derive(SimpleObject)]
+pub struct UploadError {
+    /// UNSUPPORTED_FORMAT, TOO_LARGE, EMPTY, …
+    pub code: String,
+    pub message: String,
+}
+
+/// Is the server ready, and what is it running.
+#[derive(SimpleObject)]
+pub struct Health {
+    /// "ok", or "shutting_down".
+    pub status: String,
+    pub version: String,
+    pub uptime_s: f64,
+    pub model: ModelInfo,
+    pub vector_store: VectorStoreInfo,
+    pub queue: QueueInfo,
+}
+
+#[derive(SimpleObject)]
+pub struct ModelInfo {
+    /// Hub id or directory.
+    pub id: String,
+    pub device: String,
+    pub dtype: String,
+    pub loaded: bool,
+    pub embedding_dim: i32,
+    pub sample_rate: i32,
+    pub window_s: f64,
+    pub max_batch: i32,
+}
+
+#[derive(SimpleObject)]
+pub struct VectorStoreInfo {
+    /// "qdrant-edge" (in-process) or "qdrant" (server).
+    pub kind: String,
+    /// File vectors.
+    pub files: f64,
+    /// Window vectors.
+    pub windows: f64,
+    /// All points: files + windows.
+    pub points: f64,
+}
+
+#[derive(SimpleObject)]
+pub struct QueueInfo {
+    /// Files waiting for a worker.
+    pub queued: i32,
+    /// Files being decoded or embedded.
+    pub processing: i32,
+    pub indexed: i32,
+    pub failed: i32,
+    /// Windows and texts waiting for the model.
+    pub embed_pending: i32,
+}
+
+/// Searches so far.
+#[derive(SimpleObject)]
+pub struct SearchStats {
+    pub total: i32,
+    pub text: i32,
+    pub audio: i32,
+    pub similar: i32,
+    pub mean_latency_ms: Option<f64>,
+    pub p95_latency_ms: Option<f64>,
+}
+
+/// Kind of search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(name = "SearchKind")]
+pub enum SearchKindGql {
+    Text,
+    Audio,
+    Similar,
+}
+
+impl From<SearchKind> for SearchKindGql {
+    fn from(k: SearchKind) -> Self {
+        match k {
+            SearchKind::Text => SearchKindGql::Text,
+            SearchKind::Audio => SearchKindGql::Audio,
+            SearchKind::Similar => SearchKindGql::Similar,
+        }
+    }
+}
+
+/// A logged search.
+pub struct SearchLogEntry(pub SearchRow);
+
+#[Object]
+impl SearchLogEntry {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn kind(&self) -> SearchKindGql {
+        self.0.kind.into()
+    }
+    /// The text; the clip's file name; or the file id of a similar search.
+    async fn query_text(&self) -> Option<&str> {
+        self.0.query_text.as_deref()
+    }
+    async fn result_count(&self) -> i32 {
+        self.0.result_count
+    }
+    async fn latency_ms(&self) -> f64 {
+        self.0.latency_ms
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+}

@@ -1,0 +1,249 @@
+//! `traum ingest DIR…`: bulk import into the library, in this process (the
+//! server must not be running on the same data directory: the index is
+//! locked by whoever opened it).
+//!
+//! Files are found recursively by extension, hashed, and skipped when the
+//! library already holds that content; new ones are copied into the store and
+//! processed by the same pipeline the server runs, with a progress bar.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use crate::cli::IngestArgs;
+use crate::error::rejection_message;
+use crate::events::ApiFileStatus;
+use crate::serve::open_library;
+use crate::storage::{self, AUDIO_EXTENSIONS};
+
+/// Audio files under `paths` (files given directly are taken whatever their
+/// extension), sorted, without duplicates.
+pub fn find_audio_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+        if meta.is_dir() {
+            walk(path, &mut out)?;
+        } else {
+            out.push(path.clone());
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk(&path, out)?;
+        } else if (kind.is_file() || kind.is_symlink()) && has_audio_extension(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn has_audio_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// What an import did.
+#[derive(Debug, Default)]
+pub struct IngestReport {
+    pub added: usize,
+    pub skipped: usize,
+    pub indexed: usize,
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+pub async fn run(args: IngestArgs) -> Result<ExitCode> {
+    let files = find_audio_files(&args.paths)?;
+    if files.is_empty() {
+        eprintln!("no audio files ({}) found", AUDIO_EXTENSIONS.join(", "));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let library = open_library(&args.model, &args.library).await?;
+    let workers = crate::pipeline::start_workers(&library);
+    let mut events = library.events.subscribe();
+    let started = Instant::now();
+
+    let bar = if args.no_progress {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files ({per_sec}, eta {eta}) {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+
+    let mut report = IngestReport::default();
+    let mut pending: HashSet<Uuid> = HashSet::new();
+    let mut names: std::collections::HashMap<Uuid, PathBuf> = Default::default();
+    let limit = library.config.max_file_bytes;
+    for path in &files {
+        bar.set_message(format!("reading {}", path.display()));
+        // Hash first: a known file is skipped without copying it.
+        let hashed = {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || storage::hash_file(&p)).await?
+        };
+        let (hash, _) = match hashed {
+            Ok(h) => h,
+            Err(e) => {
+                report
+                    .failed
+                    .push((path.clone(), format!("cannot read: {e}")));
+                bar.inc(1);
+                continue;
+            }
+        };
+        if entity::store::get_by_hash(&library.db, &hash)
+            .await?
+            .is_some()
+        {
+            report.skipped += 1;
+            bar.inc(1);
+            continue;
+        }
+        let staged = {
+            let p = path.clone();
+            let incoming = library.paths.incoming();
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let file = std::fs::File::open(&p)?;
+                Ok(storage::stage_from_reader(&incoming, &name, limit, file)?)
+            })
+            .await??
+        };
+        match staged {
+            Ok(staged) => {
+                let (row, created) = library.add_file(staged).await?;
+                if created {
+                    report.added += 1;
+                    pending.insert(row.id);
+                    names.insert(row.id, path.clone());
+                } else {
+                    report.skipped += 1;
+                    bar.inc(1);
+                }
+            }
+            Err(rejection) => {
+                report
+                    .failed
+                    .push((path.clone(), rejection_message(&rejection)));
+                bar.inc(1);
+            }
+        }
+        drain_events(&mut events, &mut pending, &names, &mut report, &bar);
+    }
+    bar.set_message("processing");
+    while !pending.is_empty() {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(e) => handle_event(&e, &mut pending, &names, &mut report, &bar),
+                Err(RecvError::Lagged(_)) => resync(&library, &mut pending, &names, &mut report, &bar).await?,
+                Err(RecvError::Closed) => break,
+            },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                resync(&library, &mut pending, &names, &mut report, &bar).await?;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                bar.abandon_with_message("interrupted; the rest is processed at the next start");
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    library.shutdown(workers, Duration::from_secs(10)).await;
+
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} added, {} indexed, {} already in the library, {} failed ({secs:.1} s)",
+        report.added,
+        report.indexed,
+        report.skipped,
+        report.failed.len()
+    );
+    for (path, why) in &report.failed {
+        eprintln!("  failed: {}: {why}", path.display());
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn drain_events(
+    events: &mut tokio::sync::broadcast::Receiver<crate::events::FileEvent>,
+    pending: &mut HashSet<Uuid>,
+    names: &std::collections::HashMap<Uuid, PathBuf>,
+    report: &mut IngestReport,
+    bar: &ProgressBar,
+) {
+    while let Ok(e) = events.try_recv() {
+        handle_event(&e, pending, names, report, bar);
+    }
+}
+
+fn handle_event(
+    e: &crate::events::FileEvent,
+    pending: &mut HashSet<Uuid>,
+    names: &std::collections::HashMap<Uuid, PathBuf>,
+    report: &mut IngestReport,
+    bar: &ProgressBar,
+) {
+    let Ok(id) = Uuid::parse_str(e.file_id.as_str()) else {
+        return;
+    };
+    if !pending.contains(&id) || !e.is_terminal() {
+        return;
+    }
+    pending.remove(&id);
+    bar.inc(1);
+    match e.status {
+        ApiFileStatus::Indexed => report.indexed += 1,
+        _ => {
+            let why = e.error_message.clone().unwrap_or_else(|| "failed".into());
+            report.failed.push((names[&id].clone(), why));
+        }
+    }
+}
+
+/// Reads the state of pending files from the database (after missed events).
+async fn resync(
+    library: &crate::library::Library,
+    pending: &mut HashSet<Uuid>,
+    names: &std::collections::HashMap<Uuid, PathBuf>,
+    report: &mut IngestReport,
+    bar: &ProgressBar,
+) -> Result<()> {
+    for id in pending.clone() {
+        if let Some(row) = entity::store::get(&library.db, id).await? {
+            let e =
+                crate::events::FileEvent::from_row(crate::events::FileEventKind::Snapshot, &row);
+            handle_event(&e, pending, names, report, bar);
+        }
+    }
+    Ok(())
+}

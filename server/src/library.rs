@@ -1,0 +1,464 @@
+//! The library: database rows, stored files and vectors, kept consistent.
+//!
+//! Everything that changes the library goes through [`Library`]: uploads
+//! ([`Library::add_file`]), deletion, reprocessing, and the pipeline workers
+//! (`pipeline::worker`). GraphQL and `traum ingest` are thin layers over it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap_model::ClapEmbedder;
+use entity::audio_file::{FileStatus, Model as FileRow};
+use entity::search_log::SearchKind;
+use entity::store::{self, NewAudioFile, NewSearch};
+use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use traum_index::{EdgeIndex, FileHit, IndexConfig, SearchParams, VectorIndex};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::events::{EventBus, FileEvent, FileEventKind};
+use crate::metrics::Metrics;
+use crate::pipeline::batcher::{BatcherConfig, EmbedError, Embedder};
+use crate::storage::{DataPaths, StagedFile};
+
+/// How a library is opened and processed.
+#[derive(Debug, Clone)]
+pub struct LibraryConfig {
+    pub data_dir: PathBuf,
+    /// `None`: SQLite at `<data_dir>/traum.db`.
+    pub database_url: Option<String>,
+    /// Files processed at once (each streams its windows into the batcher).
+    pub workers: usize,
+    pub batcher: BatcherConfig,
+    /// Seconds between window starts (≤ the 10 s window).
+    pub hop_s: f64,
+    /// Claims of a file before it fails with TOO_MANY_ATTEMPTS.
+    pub max_attempts: i32,
+    /// How long a worker's claim on a file lasts without renewal.
+    pub lease: Duration,
+    /// Largest accepted file, bytes.
+    pub max_file_bytes: u64,
+}
+
+impl LibraryConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            database_url: None,
+            workers: 2,
+            batcher: BatcherConfig::default(),
+            hop_s: 10.0,
+            max_attempts: 3,
+            lease: Duration::from_secs(60),
+            max_file_bytes: 100_000_000,
+        }
+    }
+}
+
+/// One search hit with its database row.
+#[derive(Debug, Clone)]
+pub struct SearchHit {
+    pub file: FileRow,
+    pub hit: FileHit,
+}
+
+/// A search and what it took.
+#[derive(Debug, Clone)]
+pub struct SearchOutcome {
+    pub hits: Vec<SearchHit>,
+    pub latency_ms: f64,
+}
+
+/// The open library. Shared as `Arc<Library>`.
+pub struct Library {
+    pub db: DatabaseConnection,
+    pub index: Arc<dyn VectorIndex>,
+    /// `qdrant-edge` (in-process) or `qdrant` (server).
+    pub index_kind: &'static str,
+    pub embedder: Embedder,
+    pub events: EventBus,
+    pub metrics: Metrics,
+    pub paths: DataPaths,
+    pub config: LibraryConfig,
+    /// Who this process is when it claims files.
+    pub owner: String,
+    pub started: Instant,
+    /// Wakes idle workers when a file is queued.
+    pub(crate) work: Notify,
+    /// Files being processed: cancelling stops their worker.
+    pub(crate) active: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Serialises "write vectors + mark indexed" against delete/reprocess, so
+    /// a file deleted mid-processing never gets its vectors back.
+    pub(crate) commit_lock: tokio::sync::Mutex<()>,
+    pub shutdown: CancellationToken,
+    batcher_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Library {
+    /// Opens (creating if needed) the data directory, database and index,
+    /// starts the batcher, and puts interrupted files back in the queue.
+    /// Workers start with [`crate::pipeline::start_workers`].
+    pub async fn open(config: LibraryConfig, model: ClapEmbedder) -> Result<Arc<Self>, OpenError> {
+        let paths = DataPaths::new(&config.data_dir);
+        paths.create().map_err(|source| OpenError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let url = match &config.database_url {
+            Some(url) => url.clone(),
+            None => store::sqlite_url(&paths.sqlite()),
+        };
+        let db = store::connect_and_migrate(&url)
+            .await
+            .map_err(|source| OpenError::Database {
+                url: redact_url(&url),
+                source,
+            })?;
+        let dim = model.info().embedding_dim;
+        let index_config = IndexConfig::new(paths.index(), dim);
+        let index = tokio::task::spawn_blocking(move || EdgeIndex::open(index_config))
+            .await
+            .map_err(|e| OpenError::Other(e.to_string()))?
+            .map_err(OpenError::Index)?;
+        let removed = paths.clean_incoming().unwrap_or(0);
+        if removed > 0 {
+            tracing::info!(removed, "removed unfinished uploads");
+        }
+        let owner = owner_id(&config.data_dir);
+        // Files this data dir's previous run held (it was killed) go back to
+        // the queue now; others whose lease ran out too.
+        let released = store::release_owner(&db, &owner).await?;
+        let report = store::requeue_interrupted(&db, config.max_attempts).await?;
+        if released > 0 || report.requeued > 0 || report.failed > 0 {
+            tracing::info!(
+                released,
+                requeued = report.requeued,
+                failed = report.failed,
+                "resuming interrupted processing"
+            );
+        }
+        let metrics = Metrics::new();
+        let (embedder, batcher_task) =
+            Embedder::start(Arc::new(model), config.batcher, metrics.clone());
+        Ok(Arc::new(Self {
+            db,
+            index: Arc::new(index),
+            index_kind: "qdrant-edge",
+            embedder,
+            events: EventBus::new(4096),
+            metrics,
+            paths,
+            config,
+            owner,
+            started: Instant::now(),
+            work: Notify::new(),
+            active: Mutex::new(HashMap::new()),
+            commit_lock: tokio::sync::Mutex::new(()),
+            shutdown: CancellationToken::new(),
+            batcher_task: Mutex::new(Some(batcher_task)),
+        }))
+    }
+
+    /// Keeps a received file: the existing row when the content is known
+    /// (`created == false`), else a new `queued` row with the bytes moved into
+    /// the store.
+    pub async fn add_file(&self, mut staged: StagedFile) -> Result<(FileRow, bool), ApiError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ApiError::ShuttingDown);
+        }
+        if let Some(existing) = store::get_by_hash(&self.db, &staged.sha256).await? {
+            self.metrics.uploads.with_label_values(&["duplicate"]).inc();
+            return Ok((existing, false));
+        }
+        let relative = DataPaths::relative_file_path(&staged.sha256, staged.container);
+        let dest = self.paths.root.join(&relative);
+        staged
+            .keep_at(&dest)
+            .map_err(|e| ApiError::Internal(format!("cannot store {}: {e}", dest.display())))?;
+        let new = NewAudioFile {
+            original_name: staged.original_name.clone(),
+            stored_path: relative.to_string_lossy().into_owned(),
+            content_hash: staged.sha256.clone(),
+            size_bytes: staged.size as i64,
+            container: staged.container.name().to_string(),
+        };
+        let (row, created) = store::insert_or_get_by_hash(&self.db, new).await?;
+        if created {
+            self.metrics.uploads.with_label_values(&["created"]).inc();
+            self.events
+                .send(FileEvent::from_row(FileEventKind::Added, &row));
+            self.work.notify_waiters();
+            tracing::info!(id = %row.id, name = %row.original_name, size = row.size_bytes, "file added");
+        } else {
+            // Lost a race with the same content: the winner's row (and its
+            // bytes, at the same content-addressed path) stand.
+            self.metrics.uploads.with_label_values(&["duplicate"]).inc();
+        }
+        Ok((row, created))
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<FileRow, ApiError> {
+        store::get(&self.db, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found_file(id))
+    }
+
+    /// Stops the file's worker if one holds it.
+    fn cancel_active(&self, id: Uuid) {
+        if let Some(token) = self.active.lock().unwrap().get(&id) {
+            token.cancel();
+        }
+    }
+
+    /// Removes the row, the stored bytes and every vector of a file. Safe
+    /// while the file is processing: its worker is stopped and cannot write
+    /// vectors afterwards.
+    pub async fn delete_file(&self, id: Uuid) -> Result<FileRow, ApiError> {
+        self.cancel_active(id);
+        let _commit = self.commit_lock.lock().await;
+        let row = store::delete(&self.db, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found_file(id))?;
+        self.index.delete_file(id).await?;
+        let path = self.paths.resolve(&row.stored_path);
+        // Another row never shares the path: it is named by the content hash.
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove stored file");
+            }
+        }
+        self.events.send(FileEvent::deleted(&row));
+        tracing::info!(%id, name = %row.original_name, "file deleted");
+        Ok(row)
+    }
+
+    /// Queues a file again (after a failure, or with a new model). Its old
+    /// vectors stay searchable until the new ones replace them.
+    pub async fn reprocess(&self, id: Uuid) -> Result<FileRow, ApiError> {
+        self.cancel_active(id);
+        let _commit = self.commit_lock.lock().await;
+        self.get(id).await?;
+        let row = store::set_status(&self.db, id, FileStatus::Queued).await?;
+        self.events
+            .send(FileEvent::from_row(FileEventKind::Added, &row));
+        self.work.notify_waiters();
+        Ok(row)
+    }
+
+    /// Files for these hits, in hit order (hits whose row is gone are dropped).
+    async fn attach_rows(&self, hits: Vec<FileHit>) -> Result<Vec<SearchHit>, ApiError> {
+        let mut out = Vec::with_capacity(hits.len());
+        for hit in hits {
+            if let Some(file) = store::get(&self.db, hit.file_id).await? {
+                out.push(SearchHit { file, hit });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn search_vector(
+        &self,
+        kind: SearchKind,
+        query_text: Option<String>,
+        vector: &[f32],
+        params: SearchParams,
+        started: Instant,
+    ) -> Result<SearchOutcome, ApiError> {
+        let hits = self.index.search(vector, params).await?;
+        let hits = self.attach_rows(hits).await?;
+        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        self.metrics
+            .search_seconds
+            .with_label_values(&[kind.as_str()])
+            .observe(latency_ms / 1e3);
+        let logged = store::log_search(
+            &self.db,
+            NewSearch {
+                kind,
+                query_text,
+                result_count: hits.len() as i32,
+                latency_ms,
+            },
+        )
+        .await;
+        if let Err(e) = logged {
+            tracing::warn!(error = %e, "could not log a search");
+        }
+        Ok(SearchOutcome { hits, latency_ms })
+    }
+
+    /// Files that sound like the text.
+    pub async fn search_text(
+        &self,
+        text: &str,
+        params: SearchParams,
+    ) -> Result<SearchOutcome, ApiError> {
+        let started = Instant::now();
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(ApiError::BadRequest("the search text is empty".into()));
+        }
+        let vector = self
+            .embedder
+            .embed_text(text.to_string())
+            .await
+            .map_err(embed_error)?;
+        self.search_vector(
+            SearchKind::Text,
+            Some(text.to_string()),
+            &vector,
+            params,
+            started,
+        )
+        .await
+    }
+
+    /// Files that sound like a clip (the clip is not kept).
+    pub async fn search_audio(
+        self: &Arc<Self>,
+        clip: StagedFile,
+        params: SearchParams,
+    ) -> Result<SearchOutcome, ApiError> {
+        let started = Instant::now();
+        let name = clip.original_name.clone();
+        let windows = crate::pipeline::embed_file_windows(self, &clip.tmp_path, None).await?;
+        drop(clip);
+        let vectors: Vec<&[f32]> = windows.iter().map(|w| w.vector.as_slice()).collect();
+        let vector = clap_model::mean_embedding(&vectors)
+            .ok_or_else(|| ApiError::BadRequest(format!("{name}: the clip holds no audio")))?;
+        self.search_vector(SearchKind::Audio, Some(name), &vector, params, started)
+            .await
+    }
+
+    /// Files that sound like a file of the library (never itself).
+    pub async fn search_similar(
+        &self,
+        id: Uuid,
+        mut params: SearchParams,
+    ) -> Result<SearchOutcome, ApiError> {
+        let started = Instant::now();
+        let row = self.get(id).await?;
+        let vector = self.index.file_vector(id).await?.ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{} is not indexed yet (status {}); try again when it is",
+                row.original_name, row.status
+            ))
+        })?;
+        params.exclude_file = Some(id);
+        self.search_vector(
+            SearchKind::Similar,
+            Some(id.to_string()),
+            &vector,
+            params,
+            started,
+        )
+        .await
+    }
+
+    /// Stops the workers (they give their files back to the queue), waits for
+    /// them up to `grace`, and flushes the index.
+    pub async fn shutdown(&self, workers: Vec<JoinHandle<()>>, grace: Duration) {
+        self.shutdown.cancel();
+        for token in self.active.lock().unwrap().values() {
+            token.cancel();
+        }
+        let all = futures_util::future::join_all(workers);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "workers did not stop in time; their files are requeued at the next start"
+            );
+        }
+        if let Err(e) = self.index.flush().await {
+            tracing::error!(error = %e, "flushing the index at shutdown failed");
+        }
+        if let Some(task) = self.batcher_task.lock().unwrap().take() {
+            task.abort();
+        }
+        tracing::info!("library closed");
+    }
+}
+
+pub(crate) fn embed_error(e: EmbedError) -> ApiError {
+    match e {
+        EmbedError::Stopped => ApiError::ShuttingDown,
+        EmbedError::Model(m) => ApiError::Embed(m.to_string()),
+    }
+}
+
+/// Why a library could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {url}: {source}")]
+    Database {
+        url: String,
+        source: store::StoreError,
+    },
+    #[error("{0} (is another `traum serve` or `traum ingest` using this data directory?)")]
+    Index(traum_index::IndexError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A claim owner that is the same for every run on this data directory, so a
+/// restarted server takes back what its killed predecessor held.
+fn owner_id(data_dir: &std::path::Path) -> String {
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let mut id = format!("traum@{host}:{}", dir.display());
+    if id.len() > 255 {
+        let digest = crate::storage::hash_str(&id);
+        id = format!("traum@{host}:{digest}");
+        id.truncate(255);
+    }
+    id
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("sqlite://data/traum.db"),
+            "sqlite://data/traum.db"
+        );
+    }
+}

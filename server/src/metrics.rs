@@ -1,0 +1,119 @@
+//! Prometheus metrics, served on `/metrics`.
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric of the service, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Uploads by outcome: `created`, `duplicate`, `rejected`.
+    pub uploads: IntCounterVec,
+    /// Files finished by outcome: `indexed`, `failed`.
+    pub files_processed: IntCounterVec,
+    /// Seconds per pipeline stage: `queued`, `decode_open`, `embed`, `index`, `total`.
+    pub stage_seconds: HistogramVec,
+    /// Inputs per forward pass, by kind (`audio`, `text`).
+    pub batch_size: HistogramVec,
+    /// Seconds per forward pass, by kind.
+    pub forward_seconds: HistogramVec,
+    /// Search latency by kind (`text`, `audio`, `similar`).
+    pub search_seconds: HistogramVec,
+    /// Windows and texts waiting for the model.
+    pub embed_queue: IntGauge,
+    /// GraphQL requests over HTTP, by transport (`json`, `multipart`).
+    pub graphql_requests: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("traum".into()), None).expect("valid prefix");
+        let uploads = IntCounterVec::new(
+            Opts::new("uploads_total", "Uploaded files by outcome"),
+            &["outcome"],
+        )
+        .unwrap();
+        let files_processed = IntCounterVec::new(
+            Opts::new(
+                "files_processed_total",
+                "Files that finished processing, by outcome",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new("stage_duration_seconds", "Time spent per pipeline stage")
+                .buckets(exponential_buckets(0.005, 2.0, 18).unwrap()),
+            &["stage"],
+        )
+        .unwrap();
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("embed_batch_size", "Inputs per model forward pass")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            &["kind"],
+        )
+        .unwrap();
+        let forward_seconds = HistogramVec::new(
+            HistogramOpts::new("embed_forward_seconds", "Seconds per model forward pass")
+                .buckets(exponential_buckets(0.001, 2.0, 16).unwrap()),
+            &["kind"],
+        )
+        .unwrap();
+        let search_seconds = HistogramVec::new(
+            HistogramOpts::new("search_duration_seconds", "Search latency")
+                .buckets(exponential_buckets(0.0005, 2.0, 16).unwrap()),
+            &["kind"],
+        )
+        .unwrap();
+        let embed_queue = IntGauge::new(
+            "embed_queue_depth",
+            "Windows and texts waiting for the model",
+        )
+        .unwrap();
+        let graphql_requests = IntCounterVec::new(
+            Opts::new("graphql_requests_total", "GraphQL requests over HTTP"),
+            &["transport"],
+        )
+        .unwrap();
+        for c in [
+            Box::new(uploads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(files_processed.clone()),
+            Box::new(stage_seconds.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(forward_seconds.clone()),
+            Box::new(search_seconds.clone()),
+            Box::new(embed_queue.clone()),
+            Box::new(graphql_requests.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            uploads,
+            files_processed,
+            stage_seconds,
+            batch_size,
+            forward_seconds,
+            search_seconds,
+            embed_queue,
+            graphql_requests,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding to memory");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,455 @@
+//! Processing: queued → decoding → embedding → indexed (or failed).
+//!
+//! The database is the queue. Each worker claims the oldest claimable file
+//! (a lease, renewed while it works, so a crashed worker's file is claimed
+//! again), decodes it on a blocking thread that streams 10 s windows through a
+//! small bounded channel, sends every window to the shared [`batcher`], and
+//! finally writes the file's vectors and marks it indexed — under the
+//! library's commit lock, so a delete or reprocess in between wins.
+
+pub mod batcher;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use entity::audio_file::{error_code, FileStatus, Model as FileRow};
+use entity::store::{self, MediaInfo};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use traum_audio::{window_starts, AudioError, Window};
+use traum_index::{FileVectors, WindowVector};
+use uuid::Uuid;
+
+use crate::error::{audio_error_code, code, ApiError};
+use crate::events::{FileEvent, FileEventKind};
+use crate::library::{embed_error, Library};
+
+/// Starts `config.workers` workers. They stop when the library shuts down.
+pub fn start_workers(library: &Arc<Library>) -> Vec<JoinHandle<()>> {
+    (0..library.config.workers.max(1))
+        .map(|n| tokio::spawn(worker_loop(library.clone(), n)))
+        .collect()
+}
+
+async fn worker_loop(lib: Arc<Library>, n: usize) {
+    tracing::debug!(worker = n, "worker started");
+    loop {
+        // Register for wake-ups before looking, so a file queued between the
+        // look and the wait is not missed.
+        let notified = lib.work.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if lib.shutdown.is_cancelled() {
+            break;
+        }
+        match store::claim_next(&lib.db, &lib.owner, lib.config.lease).await {
+            Ok(Some(row)) => process(&lib, row).await,
+            Ok(None) => {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = lib.shutdown.cancelled() => break,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "claiming work failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = lib.shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    tracing::debug!(worker = n, "worker stopped");
+}
+
+/// How a file's processing ended.
+enum Outcome {
+    Indexed(Box<FileRow>),
+    Failed {
+        code: &'static str,
+        message: String,
+    },
+    /// Deleted, reprocessed, lease lost, or shutting down: leave the row to
+    /// whoever changed it (shutdown releases it back to the queue).
+    Abandoned(&'static str),
+}
+
+/// Removes a file from the active set however processing ends.
+struct Active<'a>(&'a Library, Uuid);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.lock().unwrap().remove(&self.1);
+    }
+}
+
+async fn process(lib: &Arc<Library>, row: FileRow) {
+    let id = row.id;
+    let token = lib.shutdown.child_token();
+    lib.active.lock().unwrap().insert(id, token.clone());
+    let _active = Active(lib, id);
+    let started = Instant::now();
+    let waited = (chrono::Utc::now() - row.updated_at)
+        .num_milliseconds()
+        .max(0) as f64
+        / 1e3;
+    lib.metrics
+        .stage_seconds
+        .with_label_values(&["queued"])
+        .observe(waited);
+    tracing::info!(%id, name = %row.original_name, attempt = row.attempts, "processing");
+    lib.events
+        .send(FileEvent::from_row(FileEventKind::Status, &row));
+
+    let outcome = match run(lib, &row, &token).await {
+        Ok(outcome) => outcome,
+        Err(e) => Outcome::Failed {
+            code: match &e {
+                ApiError::Store(_) | ApiError::Internal(_) => error_code::INTERNAL,
+                ApiError::Index(_) => error_code::INDEX_FAILED,
+                ApiError::Embed(_) => error_code::EMBED_FAILED,
+                other => other.code(),
+            },
+            message: e.to_string(),
+        },
+    };
+    let total = started.elapsed().as_secs_f64();
+    match outcome {
+        Outcome::Indexed(row) => {
+            lib.metrics
+                .stage_seconds
+                .with_label_values(&["total"])
+                .observe(total);
+            lib.metrics
+                .files_processed
+                .with_label_values(&["indexed"])
+                .inc();
+            tracing::info!(%id, windows = row.windows_total, secs = total, "indexed");
+            lib.events
+                .send(FileEvent::from_row(FileEventKind::Status, &row));
+        }
+        Outcome::Failed { code, message } => {
+            lib.metrics
+                .files_processed
+                .with_label_values(&["failed"])
+                .inc();
+            tracing::warn!(%id, code, %message, "processing failed");
+            let _commit = lib.commit_lock.lock().await;
+            if token.is_cancelled() {
+                release(lib, id).await;
+                return;
+            }
+            match store::fail(&lib.db, id, code, &message).await {
+                Ok(row) => lib
+                    .events
+                    .send(FileEvent::from_row(FileEventKind::Status, &row)),
+                Err(e) => tracing::warn!(%id, error = %e, "could not record the failure"),
+            }
+        }
+        Outcome::Abandoned(why) => {
+            tracing::info!(%id, why, "processing stopped");
+            release(lib, id).await;
+        }
+    }
+}
+
+/// Gives the file back to the queue if this worker still holds it (shutdown);
+/// a deleted or reprocessed file is not held any more, so nothing happens.
+async fn release(lib: &Library, id: Uuid) {
+    match store::release(&lib.db, id, &lib.owner).await {
+        Ok(true) => {
+            if let Ok(Some(row)) = store::get(&lib.db, id).await {
+                lib.events
+                    .send(FileEvent::from_row(FileEventKind::Status, &row));
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(%id, error = %e, "could not release the file"),
+    }
+}
+
+/// Windows of a 48 kHz stream of `n` samples (for the progress total).
+fn expected_windows(info: &traum_audio::AudioInfo, window: usize, hop: usize) -> Option<i32> {
+    let frames = info.n_frames?;
+    let n = (frames as u128 * traum_audio::MODEL_SAMPLE_RATE as u128)
+        .div_ceil(info.sample_rate.max(1) as u128) as u64;
+    Some(window_starts(n, window as u64, hop as u64).len() as i32)
+}
+
+fn hop_samples(lib: &Library) -> (usize, usize) {
+    let info = lib.embedder.info();
+    let window = info.window_samples;
+    let hop = ((lib.config.hop_s * f64::from(info.sample_rate)).round() as usize).clamp(1, window);
+    (window, hop)
+}
+
+async fn run(
+    lib: &Arc<Library>,
+    row: &FileRow,
+    token: &CancellationToken,
+) -> Result<Outcome, ApiError> {
+    let id = row.id;
+    let path = lib.paths.resolve(&row.stored_path);
+    let progress = |done: i32, total: i32| {
+        lib.events.send(FileEvent::progress(id, done, total));
+    };
+    let opened = Instant::now();
+    let mut on_open = |info: &traum_audio::AudioInfo, total: Option<i32>| {
+        let lib = lib.clone();
+        let media = MediaInfo {
+            codec: Some(info.codec.clone()),
+            duration_s: info.duration_s,
+            sample_rate: Some(info.sample_rate as i32),
+            channels: Some(i32::from(info.channels)),
+        };
+        async move {
+            store::set_media_info(&lib.db, id, &media).await?;
+            let row = store::set_status(&lib.db, id, FileStatus::Embedding).await?;
+            store::set_progress(&lib.db, id, 0, total.unwrap_or(0)).await?;
+            let mut event = FileEvent::from_row(FileEventKind::Status, &row);
+            event.windows_done = 0;
+            event.windows_total = total.unwrap_or(0);
+            lib.events.send(event);
+            Ok::<_, ApiError>(())
+        }
+    };
+    let windows =
+        match stream_windows(lib, &path, Some(token), &mut on_open, &progress, id, opened).await {
+            Ok(Some(w)) => w,
+            Ok(None) => return Ok(Outcome::Abandoned("cancelled")),
+            Err(StreamError::Audio(e)) => {
+                return Ok(Outcome::Failed {
+                    code: audio_error_code(&e),
+                    message: audio_message(&e, &row.original_name),
+                })
+            }
+            Err(StreamError::Api(e)) => return Err(e),
+            Err(StreamError::LeaseLost) => return Ok(Outcome::Abandoned("lease lost")),
+        };
+    if windows.is_empty() {
+        return Ok(Outcome::Failed {
+            code: code::EMPTY,
+            message: format!("{}: the file holds no audio", row.original_name),
+        });
+    }
+    let embedded = Instant::now();
+    let vectors: Vec<&[f32]> = windows.iter().map(|w| w.vector.as_slice()).collect();
+    let file_vector = clap_model::mean_embedding(&vectors)
+        .ok_or_else(|| ApiError::Internal("no windows to average".into()))?;
+    let current = store::get(&lib.db, id).await?;
+    let Some(current) = current else {
+        return Ok(Outcome::Abandoned("deleted"));
+    };
+    let duration_s = current
+        .duration_s
+        .unwrap_or_else(|| windows.last().map(|w| w.end_s).unwrap_or(0.0));
+    let n = windows.len() as i32;
+    let vectors = FileVectors {
+        file_id: id,
+        duration_s,
+        format: current.container.clone(),
+        created_at: current.created_at.timestamp(),
+        vector: file_vector,
+        windows,
+    };
+    // Commit: nobody deletes or requeues the file between the check and the
+    // status change.
+    let _commit = lib.commit_lock.lock().await;
+    if token.is_cancelled() {
+        return Ok(Outcome::Abandoned("cancelled"));
+    }
+    if !store::renew_lease(&lib.db, id, &lib.owner, lib.config.lease).await? {
+        return Ok(Outcome::Abandoned("lease lost"));
+    }
+    store::set_progress(&lib.db, id, n, n).await?;
+    lib.index.upsert_file(vectors).await?;
+    lib.metrics
+        .stage_seconds
+        .with_label_values(&["index"])
+        .observe(embedded.elapsed().as_secs_f64());
+    let row = store::mark_indexed(&lib.db, id, &lib.embedder.info().model_id).await?;
+    Ok(Outcome::Indexed(Box::new(row)))
+}
+
+fn audio_message(e: &AudioError, name: &str) -> String {
+    let text = e.to_string();
+    // The decoder names the stored path (a hash); people know the upload's name.
+    format!("{name}: {text}")
+}
+
+enum StreamError {
+    Audio(AudioError),
+    Api(ApiError),
+    LeaseLost,
+}
+
+impl From<ApiError> for StreamError {
+    fn from(e: ApiError) -> Self {
+        StreamError::Api(e)
+    }
+}
+
+impl From<entity::store::StoreError> for StreamError {
+    fn from(e: entity::store::StoreError) -> Self {
+        StreamError::Api(e.into())
+    }
+}
+
+/// Decodes `path` on a blocking thread and embeds every window through the
+/// batcher, keeping up to one batch of windows in flight. `Ok(None)`: cancelled.
+///
+/// `on_open` runs once the container is open (with the expected window
+/// count); `progress` after each window.
+#[allow(clippy::too_many_arguments)]
+async fn stream_windows<F, Fut>(
+    lib: &Arc<Library>,
+    path: &Path,
+    token: Option<&CancellationToken>,
+    on_open: &mut F,
+    progress: &(dyn Fn(i32, i32) + Sync),
+    id: Uuid,
+    opened: Instant,
+) -> Result<Option<Vec<WindowVector>>, StreamError>
+where
+    F: FnMut(&traum_audio::AudioInfo, Option<i32>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ApiError>>,
+{
+    let (window_len, hop_len) = hop_samples(lib);
+    let rate = f64::from(lib.embedder.info().sample_rate);
+    let path = path.to_path_buf();
+    let stream = tokio::task::spawn_blocking(move || {
+        traum_audio::windows_from_file(&path, window_len, hop_len)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("decoder task failed: {e}")))?
+    .map_err(StreamError::Audio)?;
+    let info = stream.info().clone();
+    lib.metrics
+        .stage_seconds
+        .with_label_values(&["decode_open"])
+        .observe(opened.elapsed().as_secs_f64());
+    let mut total = expected_windows(&info, window_len, hop_len);
+    on_open(&info, total).await?;
+
+    // The decoder thread stays at most a couple of windows ahead.
+    let (tx, mut rx) = mpsc::channel::<Result<Window, AudioError>>(2);
+    let decoder = tokio::task::spawn_blocking(move || {
+        for item in stream {
+            if tx.blocking_send(item).is_err() {
+                break; // cancelled
+            }
+        }
+    });
+    let in_flight_max = lib.config.batcher.max_batch.max(1);
+    let mut in_flight = FuturesOrdered::new();
+    let mut out: Vec<WindowVector> = Vec::new();
+    let mut decoded_all = false;
+    let never = CancellationToken::new();
+    let token = token.unwrap_or(&never);
+    let mut renew = tokio::time::interval(lib.config.lease / 3);
+    renew.tick().await;
+    let mut last_saved = Instant::now();
+    let embedding = Instant::now();
+    let result = loop {
+        if decoded_all && in_flight.is_empty() {
+            break Ok(Some(()));
+        }
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => break Ok(None),
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                let (start_sample, len, vector): (u64, usize, Result<Vec<f32>, _>) = done;
+                let vector = match vector {
+                    Ok(v) => v,
+                    Err(e) => break Err(StreamError::Api(embed_error(e))),
+                };
+                let start_s = start_sample as f64 / rate;
+                out.push(WindowVector {
+                    start_s,
+                    end_s: start_s + len as f64 / rate,
+                    vector,
+                });
+                let done = out.len() as i32;
+                let shown_total = total.map_or(done, |t| t.max(done));
+                progress(done, shown_total);
+                if token.is_cancelled() {
+                    continue;
+                }
+                if last_saved.elapsed() > Duration::from_millis(500) {
+                    last_saved = Instant::now();
+                    if let Err(e) = store::set_progress(&lib.db, id, done, shown_total).await {
+                        tracing::debug!(%id, error = %e, "progress not saved");
+                    }
+                }
+            }
+            item = rx.recv(), if !decoded_all && in_flight.len() < in_flight_max => {
+                match item {
+                    Some(Ok(window)) => {
+                        let embedder = lib.embedder.clone();
+                        let start_sample = window.start_sample;
+                        let len = window.samples.len();
+                        in_flight.push_back(async move {
+                            let v = embedder.embed_window(window.samples).await;
+                            (start_sample, len, v)
+                        });
+                    }
+                    Some(Err(e)) => break Err(StreamError::Audio(e)),
+                    None => {
+                        decoded_all = true;
+                        total = Some(out.len() as i32 + in_flight.len() as i32);
+                    }
+                }
+            }
+            _ = renew.tick() => {
+                if !id.is_nil() {
+                    match store::renew_lease(&lib.db, id, &lib.owner, lib.config.lease).await {
+                        Ok(true) => {}
+                        Ok(false) => break Err(StreamError::LeaseLost),
+                        Err(e) => tracing::warn!(%id, error = %e, "lease renewal failed"),
+                    }
+                }
+            }
+        }
+    };
+    drop(rx);
+    let _ = decoder.await;
+    lib.metrics
+        .stage_seconds
+        .with_label_values(&["embed"])
+        .observe(embedding.elapsed().as_secs_f64());
+    match result {
+        Ok(Some(())) => Ok(Some(out)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Embeds every window of a file that is not in the library (a search clip).
+pub(crate) async fn embed_file_windows(
+    lib: &Arc<Library>,
+    path: &Path,
+    token: Option<&CancellationToken>,
+) -> Result<Vec<WindowVector>, ApiError> {
+    let mut on_open = |_: &traum_audio::AudioInfo, _: Option<i32>| async { Ok(()) };
+    match stream_windows(
+        lib,
+        path,
+        token,
+        &mut on_open,
+        &|_, _| {},
+        Uuid::nil(),
+        Instant::now(),
+    )
+    .await
+    {
+        Ok(Some(w)) => Ok(w),
+        Ok(None) => Err(ApiError::ShuttingDown),
+        Err(StreamError::Audio(e)) => Err(ApiError::Audio(e)),
+        Err(StreamError::Api(e)) => Err(e),
+        Err(StreamError::LeaseLost) => Err(ApiError::Internal("lease lost".into())),
+    }
+}

@@ -1,0 +1,113 @@
+//! `traum serve`: load the model, open the library, serve HTTP until SIGTERM
+//! or Ctrl-C, then stop taking requests, give unfinished files back to the
+//! queue and flush the index.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::net::TcpListener;
+
+use crate::cli::{LibraryArgs, ModelArgs, ServeArgs};
+use crate::graphql::{build_schema, SchemaLimits};
+use crate::http::{router, HttpConfig};
+use crate::library::{Library, LibraryConfig};
+use crate::pipeline::batcher::BatcherConfig;
+
+/// The library configuration the command-line arguments describe.
+pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryConfig> {
+    if !(args.hop_s > 0.0 && args.hop_s <= 10.0) {
+        bail!("--hop-s must be in (0, 10], got {}", args.hop_s);
+    }
+    if args.max_upload_mb == 0 {
+        bail!("--max-upload-mb must be at least 1");
+    }
+    let mut config = LibraryConfig::new(&args.data_dir);
+    config.database_url = args.database_url.clone().filter(|u| !u.trim().is_empty());
+    config.workers = args.workers.max(1);
+    config.batcher = BatcherConfig {
+        max_batch: model.batch_size.max(1),
+        max_wait: Duration::from_millis(args.batch_wait_ms),
+        queue_capacity: (model.batch_size * 4).max(8),
+    };
+    config.hop_s = args.hop_s;
+    config.max_attempts = args.max_attempts.max(1);
+    config.max_file_bytes = args.max_upload_mb.saturating_mul(1_000_000);
+    Ok(config)
+}
+
+/// Loads the model (off the async runtime) and opens the library.
+pub async fn open_library(model: &ModelArgs, args: &LibraryArgs) -> Result<Arc<Library>> {
+    let config = library_config(model, args)?;
+    let model_args = model.clone();
+    let embedder = tokio::task::spawn_blocking(move || crate::embed::load_embedder(&model_args))
+        .await
+        .context("model loading task")??;
+    let library = Library::open(config, embedder)
+        .await
+        .with_context(|| format!("opening the library in {}", args.data_dir.display()))?;
+    Ok(library)
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let library = open_library(&args.model, &args.library).await?;
+    let workers = crate::pipeline::start_workers(&library);
+    let schema = build_schema(
+        library.clone(),
+        SchemaLimits {
+            max_depth: args.max_query_depth,
+            max_complexity: args.max_query_complexity,
+        },
+    );
+    let client_dir = args.client_dir.clone().or_else(|| {
+        let default = std::path::PathBuf::from("client/dist");
+        default.join("index.html").is_file().then_some(default)
+    });
+    let http = HttpConfig {
+        max_files_per_request: args.max_files_per_request.max(1),
+        cors_origins: args.cors_origins.clone(),
+        client_dir,
+        ..HttpConfig::default()
+    };
+    let app = router(library.clone(), schema, http);
+    let listener = TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("binding {}", args.bind))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, model = %library.embedder.info().model_id, "serving");
+    // One machine-readable line on stdout: tests and scripts read the port.
+    println!("traum listening on http://{addr}");
+
+    let shutdown = library.shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    server.await.context("HTTP server")?;
+    library
+        .shutdown(workers, Duration::from_secs(args.shutdown_grace_s))
+        .await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

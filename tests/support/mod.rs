@@ -1,0 +1,470 @@
+//! A real `traum serve` for the integration tests: the binary started on an
+//! ephemeral port with the tiny fixture model, talked to over real HTTP and a
+//! real WebSocket.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The repository root (these tests belong to `server/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("server/ has a parent")
+        .to_path_buf()
+}
+
+pub fn tiny_model() -> PathBuf {
+    repo_root().join("tests/fixtures/clap/models/tiny-a")
+}
+
+pub fn audio_fixture(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures/audio").join(name)
+}
+
+/// The `traum` binary, built by cargo for this test.
+pub fn traum() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_traum"))
+}
+
+/// A running server.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    http: reqwest::Client,
+}
+
+/// Options of a test server.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Options {
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+}
+
+impl Server {
+    pub async fn start(data_dir: &Path) -> Server {
+        Self::start_with(data_dir, Options::default()).await
+    }
+
+    pub async fn start_with(data_dir: &Path, options: Options) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = data_dir.with_extension(format!("log.{}", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(traum());
+        cmd.arg("serve")
+            .arg("--bind")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--model")
+            .arg(tiny_model())
+            .args(&options.args)
+            .env("RUST_LOG", "info,sqlx=warn,sea_orm=warn")
+            .env_remove("DATABASE_URL")
+            .env_remove("TRAUM_BIND")
+            .env_remove("TRAUM_DATA_DIR")
+            .env_remove("TRAUM_MODEL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start traum serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("server did not start; log:\n{}", read(&log)))
+            .unwrap()
+            .unwrap_or_else(|| panic!("server exited; log:\n{}", read(&log)));
+        let base = line
+            .strip_prefix("traum listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        // Keep draining stdout so the server never blocks on it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server {
+            child,
+            base,
+            data_dir: data_dir.to_path_buf(),
+            log,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        read(&self.log)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().expect("running") as i32;
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("server did not stop on SIGTERM; log:\n{}", self.log()))
+            .unwrap();
+        assert!(
+            exit.success(),
+            "server exited with {exit}; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// kill -9.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// A GraphQL request; the whole response (data and errors).
+    pub async fn post(&self, query: &str, variables: Value) -> Value {
+        let res = self
+            .http
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .unwrap();
+        res.json().await.unwrap()
+    }
+
+    /// A GraphQL request that must succeed; its `data`.
+    pub async fn query(&self, query: &str, variables: Value) -> Value {
+        let res = self.post(query, variables).await;
+        assert!(
+            res.get("errors").is_none_or(Value::is_null),
+            "GraphQL errors: {res:#}"
+        );
+        res["data"].clone()
+    }
+
+    /// A GraphQL multipart request (the spec's `operations`, `map`, files):
+    /// `files[i]` goes to the variable path `paths[i]`.
+    pub async fn multipart(
+        &self,
+        query: &str,
+        variables: Value,
+        files: Vec<(&str, String, Vec<u8>)>,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut form = reqwest::multipart::Form::new().text(
+            "operations",
+            json!({ "query": query, "variables": variables }).to_string(),
+        );
+        let map: serde_json::Map<String, Value> = files
+            .iter()
+            .enumerate()
+            .map(|(i, (path, _, _))| (i.to_string(), json!([path])))
+            .collect();
+        form = form.text("map", Value::Object(map).to_string());
+        for (i, (_, name, bytes)) in files.into_iter().enumerate() {
+            form = form.part(
+                i.to_string(),
+                reqwest::multipart::Part::bytes(bytes).file_name(name),
+            );
+        }
+        let res = self
+            .http
+            .post(self.url("/graphql"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap())
+    }
+
+    /// `uploadFiles` with these files; the outcomes.
+    pub async fn upload_files(&self, files: Vec<(String, Vec<u8>)>) -> Vec<Value> {
+        let n = files.len();
+        let paths: Vec<String> = (0..n).map(|i| format!("variables.files.{i}")).collect();
+        let (status, res) = self
+            .multipart(
+                "mutation($files: [Upload!]!) { uploadFiles(files: $files) { filename created file { id status originalName } error { code message } } }",
+                json!({ "files": vec![Value::Null; n] }),
+                files
+                    .into_iter()
+                    .zip(&paths)
+                    .map(|((name, bytes), p)| (p.as_str(), name, bytes))
+                    .collect(),
+            )
+            .await;
+        assert!(status.is_success(), "{status}: {res:#}");
+        res["data"]["uploadFiles"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("{res:#}"))
+    }
+
+    /// `uploadFile`; the whole response.
+    pub async fn upload_file(&self, name: &str, bytes: Vec<u8>) -> (reqwest::StatusCode, Value) {
+        self.multipart(
+            "mutation($file: Upload!) { uploadFile(file: $file) { id status originalName container sizeBytes } }",
+            json!({ "file": null }),
+            vec![("variables.file", name.to_string(), bytes)],
+        )
+        .await
+    }
+
+    /// Opens a subscription over graphql-transport-ws.
+    pub async fn subscribe(&self, query: &str, variables: Value) -> Subscription {
+        Subscription::open(&self.base, query, variables, Protocol::TransportWs).await
+    }
+
+    pub async fn health(&self) -> Value {
+        self.query(
+            "{ health { status version model { id device dtype loaded embeddingDim } vectorStore { kind files windows points } queue { queued processing indexed failed embedPending } } }",
+            json!({}),
+        )
+        .await["health"]
+            .clone()
+    }
+
+    /// Waits until every file is INDEXED or FAILED (via a subscription).
+    pub async fn wait_done(&self, ids: &[String]) -> Vec<Value> {
+        let mut sub = self
+            .subscribe(
+                "subscription($ids: [ID!]!) { fileEvents(ids: $ids) { fileId kind status windowsDone windowsTotal errorCode errorMessage } }",
+                json!({ "ids": ids }),
+            )
+            .await;
+        let mut done: std::collections::HashMap<String, Value> = Default::default();
+        while done.len() < ids.len() {
+            let e = sub
+                .next_timeout(Duration::from_secs(120))
+                .await
+                .unwrap_or_else(|| panic!("no event; done {done:?}; log:\n{}", self.log()));
+            let e = e["fileEvents"].clone();
+            if matches!(e["status"].as_str(), Some("INDEXED" | "FAILED")) {
+                done.insert(e["fileId"].as_str().unwrap().to_string(), e);
+            }
+        }
+        ids.iter().map(|id| done[id].clone()).collect()
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `graphql-transport-ws` (graphql-ws library).
+    TransportWs,
+    /// The legacy `graphql-ws` (subscriptions-transport-ws).
+    LegacyWs,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One subscription on its own WebSocket.
+pub struct Subscription {
+    ws: Ws,
+    protocol: Protocol,
+}
+
+impl Subscription {
+    pub async fn open(base: &str, query: &str, variables: Value, protocol: Protocol) -> Self {
+        let url = format!("{}/graphql", base.replacen("http", "ws", 1));
+        let mut req = url.into_client_request().unwrap();
+        let name = match protocol {
+            Protocol::TransportWs => "graphql-transport-ws",
+            Protocol::LegacyWs => "graphql-ws",
+        };
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", name.parse().unwrap());
+        let (mut ws, res) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(
+            res.headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some(name)
+        );
+        ws.send(Message::text(
+            json!({"type": "connection_init", "payload": {}}).to_string(),
+        ))
+        .await
+        .unwrap();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("connection_ack in time")
+                .unwrap()
+                .unwrap();
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "connection_ack" {
+                    break;
+                }
+            }
+        }
+        let start = match protocol {
+            Protocol::TransportWs => "subscribe",
+            Protocol::LegacyWs => "start",
+        };
+        ws.send(Message::text(
+            json!({"id": "1", "type": start, "payload": {"query": query, "variables": variables}})
+                .to_string(),
+        ))
+        .await
+        .unwrap();
+        Self { ws, protocol }
+    }
+
+    /// The next `data` of the subscription, or `None` on timeout or end.
+    pub async fn next_timeout(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    match v["type"].as_str() {
+                        Some("next" | "data") => {
+                            assert!(
+                                v["payload"]["errors"].is_null(),
+                                "subscription error: {v:#}"
+                            );
+                            return Some(v["payload"]["data"].clone());
+                        }
+                        Some("error") => panic!("subscription error: {v:#}"),
+                        Some("complete") => return None,
+                        Some("ping") => {
+                            let _ = self
+                                .ws
+                                .send(Message::text(json!({"type": "pong"}).to_string()))
+                                .await;
+                        }
+                        _ => {}
+                    }
+                }
+                Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+}
+
+/// 16-bit PCM mono WAV.
+pub fn wav_i16(rate: u32, samples: &[f32]) -> Vec<u8> {
+    let data_len = (samples.len() * 2) as u32;
+    let mut b = Vec::with_capacity(44 + samples.len() * 2);
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data_len).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&rate.to_le_bytes());
+    b.extend_from_slice(&(rate * 2).to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&16u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        b.extend_from_slice(&((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
+    }
+    b
+}
+
+/// 32-bit float mono WAV at 48 kHz: decoded back exactly.
+pub fn wav_f32(samples: &[f32]) -> Vec<u8> {
+    let data_len = (samples.len() * 4) as u32;
+    let mut b = Vec::with_capacity(44 + samples.len() * 4);
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data_len).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&3u16.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&48_000u32.to_le_bytes());
+    b.extend_from_slice(&(48_000u32 * 4).to_le_bytes());
+    b.extend_from_slice(&4u16.to_le_bytes());
+    b.extend_from_slice(&32u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    b
+}
+
+/// A sine at `hz` for `secs` at 48 kHz.
+pub fn tone(hz: f32, secs: f32, amp: f32) -> Vec<f32> {
+    let n = (secs * 48_000.0) as usize;
+    (0..n)
+        .map(|i| amp * (2.0 * std::f32::consts::PI * hz * i as f32 / 48_000.0).sin())
+        .collect()
+}
+
+/// Deterministic white noise (xorshift) for `secs` at 48 kHz.
+pub fn noise(secs: f32, amp: f32, seed: u64) -> Vec<f32> {
+    let mut s = seed.max(1);
+    (0..(secs * 48_000.0) as usize)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            amp * ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0)
+        })
+        .collect()
+}
+
+/// A linear chirp from `f0` to `f1` Hz.
+pub fn chirp(f0: f32, f1: f32, secs: f32, amp: f32) -> Vec<f32> {
+    let n = (secs * 48_000.0) as usize;
+    let k = (f1 - f0) / secs;
+    (0..n)
+        .map(|i| {
+            let t = i as f32 / 48_000.0;
+            amp * (2.0 * std::f32::consts::PI * (f0 * t + 0.5 * k * t * t)).sin()
+        })
+        .collect()
+}
