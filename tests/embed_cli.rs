@@ -3,6 +3,7 @@
 
 #[path = "../clap-model/tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,24 +17,7 @@ fn traum() -> PathBuf {
 
 /// 32-bit float mono WAV at 48 kHz: the decoder returns these samples exactly.
 fn write_f32_wav(path: &Path, samples: &[f32]) {
-    let data_len = (samples.len() * 4) as u32;
-    let mut b = Vec::with_capacity(44 + samples.len() * 4);
-    b.extend_from_slice(b"RIFF");
-    b.extend_from_slice(&(36 + data_len).to_le_bytes());
-    b.extend_from_slice(b"WAVEfmt ");
-    b.extend_from_slice(&16u32.to_le_bytes());
-    b.extend_from_slice(&3u16.to_le_bytes()); // IEEE float
-    b.extend_from_slice(&1u16.to_le_bytes()); // mono
-    b.extend_from_slice(&48_000u32.to_le_bytes());
-    b.extend_from_slice(&(48_000u32 * 4).to_le_bytes());
-    b.extend_from_slice(&4u16.to_le_bytes());
-    b.extend_from_slice(&32u16.to_le_bytes());
-    b.extend_from_slice(b"data");
-    b.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        b.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, b).unwrap();
+    std::fs::write(path, support::wav_f32(samples)).unwrap();
 }
 
 fn run(args: &[&str]) -> Output {

@@ -264,7 +264,7 @@ async fn bench_graphql(args: &Args) {
     let app = router(lib.clone(), schema, HttpConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let url = format!("http://{addr}/graphql");
     for (name, query) in [
         ("{ health { status } }", "{ health { status } }"),
@@ -313,6 +313,12 @@ async fn bench_graphql(args: &Args) {
             ms(percentile(&lat, 0.95))
         );
     }
+    // Close the store before its directory goes (qdrant-edge flushes on drop).
+    server.abort();
+    let _ = server.await;
+    lib.shutdown(Vec::new(), Duration::from_secs(5)).await;
+    drop(lib);
+    drop(dir);
 }
 
 fn main() {

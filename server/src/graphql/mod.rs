@@ -265,10 +265,7 @@ impl Query {
         let lib = library(ctx)?;
         let params = search_params(limit.unwrap_or(10), threshold, filter).gql()?;
         let outcome = lib.search_text(&text, params).await.gql()?;
-        Ok(SearchResponse {
-            latency_ms: outcome.latency_ms,
-            results: outcome.hits.into_iter().map(Into::into).collect(),
-        })
+        Ok(outcome.into())
     }
 
     /// Files that sound like this file ("more like this"), never itself.
@@ -284,10 +281,7 @@ impl Query {
         let id = parse_id(&file_id).gql()?;
         let params = search_params(limit.unwrap_or(10), threshold, filter).gql()?;
         let outcome = lib.search_similar(id, params).await.gql()?;
-        Ok(SearchResponse {
-            latency_ms: outcome.latency_ms,
-            results: outcome.hits.into_iter().map(Into::into).collect(),
-        })
+        Ok(outcome.into())
     }
 
     /// Searches per kind and their latency (all time, or since a moment).
@@ -402,10 +396,7 @@ impl Mutation {
         let params = search_params(limit.unwrap_or(10), threshold, filter).gql()?;
         let staged = staged_upload(ctx, &file).await.gql()?;
         let outcome = lib.search_audio(staged, params).await.gql()?;
-        Ok(SearchResponse {
-            latency_ms: outcome.latency_ms,
-            results: outcome.hits.into_iter().map(Into::into).collect(),
-        })
+        Ok(outcome.into())
     }
 
     /// Removes a file: its row, its stored bytes and all its vectors. Safe

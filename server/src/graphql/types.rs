@@ -7,7 +7,7 @@ use entity::search_log::{Model as SearchRow, SearchKind};
 use traum_index::SearchFilter;
 
 use crate::events::ApiFileStatus;
-use crate::library::SearchHit;
+use crate::library::{SearchHit, SearchOutcome};
 
 /// An audio file in the library.
 pub struct AudioFile(pub FileRow);
@@ -127,6 +127,15 @@ pub struct SearchResponse {
     pub results: Vec<SearchResult>,
     /// Server-side time, milliseconds.
     pub latency_ms: f64,
+}
+
+impl From<SearchOutcome> for SearchResponse {
+    fn from(o: SearchOutcome) -> Self {
+        Self {
+            latency_ms: o.latency_ms,
+            results: o.hits.into_iter().map(Into::into).collect(),
+        }
+    }
 }
 
 /// Restricts a search.
