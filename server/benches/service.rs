@@ -24,6 +24,9 @@ use traum_server::pipeline::batcher::BatcherConfig;
 use traum_server::storage::stage_from_reader;
 use uuid::Uuid;
 
+#[path = "../../tests/support/signals.rs"]
+mod signals;
+
 struct Args {
     clips: usize,
     sizes: Vec<usize>,
@@ -90,27 +93,6 @@ impl Rng {
     }
 }
 
-fn wav_16bit(samples: &[i16]) -> Vec<u8> {
-    let data_len = (samples.len() * 2) as u32;
-    let mut b = Vec::with_capacity(44 + samples.len() * 2);
-    b.extend_from_slice(b"RIFF");
-    b.extend_from_slice(&(36 + data_len).to_le_bytes());
-    b.extend_from_slice(b"WAVEfmt ");
-    b.extend_from_slice(&16u32.to_le_bytes());
-    b.extend_from_slice(&1u16.to_le_bytes());
-    b.extend_from_slice(&1u16.to_le_bytes());
-    b.extend_from_slice(&48_000u32.to_le_bytes());
-    b.extend_from_slice(&96_000u32.to_le_bytes());
-    b.extend_from_slice(&2u16.to_le_bytes());
-    b.extend_from_slice(&16u16.to_le_bytes());
-    b.extend_from_slice(b"data");
-    b.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        b.extend_from_slice(&s.to_le_bytes());
-    }
-    b
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
@@ -124,12 +106,8 @@ async fn bench_ingest(args: &Args) {
     println!("\n## Ingest: 10 s clips through the whole pipeline (tiny model, CPU f32)\n");
     println!("| batch | workers | clips | wall | clips/s | audio s/s |");
     println!("|---|---|---|---|---|---|");
-    let mut rng = Rng(0x1234_5678);
-    let clips: Vec<Vec<u8>> = (0..args.clips)
-        .map(|_| {
-            let samples: Vec<i16> = (0..480_000).map(|_| (rng.unit() * 8000.0) as i16).collect();
-            wav_16bit(&samples)
-        })
+    let clips: Vec<Vec<u8>> = (0..args.clips as u64)
+        .map(|seed| signals::wav_i16(48_000, &signals::noise(10.0, 0.25, seed + 1)))
         .collect();
     for (batch, workers) in [(1, 2), (8, 2), (32, 4)] {
         let dir = tempfile::tempdir().unwrap();

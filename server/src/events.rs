@@ -105,11 +105,6 @@ impl FileEvent {
         Self::from_row(FileEventKind::Deleted, row)
     }
 
-    /// The event is about this file.
-    pub fn is_for(&self, id: &Uuid) -> bool {
-        self.file_id.0 == id.to_string()
-    }
-
     /// The last event a file gets unless it is reprocessed.
     pub fn is_terminal(&self) -> bool {
         self.kind == FileEventKind::Deleted

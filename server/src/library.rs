@@ -252,13 +252,15 @@ impl Library {
 
     /// Files for these hits, in hit order (hits whose row is gone are dropped).
     async fn attach_rows(&self, hits: Vec<FileHit>) -> Result<Vec<SearchHit>, ApiError> {
-        let mut out = Vec::with_capacity(hits.len());
-        for hit in hits {
-            if let Some(file) = store::get(&self.db, hit.file_id).await? {
-                out.push(SearchHit { file, hit });
-            }
-        }
-        Ok(out)
+        let ids: Vec<Uuid> = hits.iter().map(|h| h.file_id).collect();
+        let mut rows = store::get_many(&self.db, &ids).await?;
+        Ok(hits
+            .into_iter()
+            .filter_map(|hit| {
+                let file = rows.remove(&hit.file_id)?;
+                Some(SearchHit { file, hit })
+            })
+            .collect())
     }
 
     async fn search_vector(
@@ -326,7 +328,7 @@ impl Library {
     ) -> Result<SearchOutcome, ApiError> {
         let started = Instant::now();
         let name = clip.original_name.clone();
-        let windows = crate::pipeline::embed_file_windows(self, &clip.tmp_path, None).await?;
+        let windows = crate::pipeline::embed_file_windows(self, &clip.tmp_path).await?;
         drop(clip);
         let vectors: Vec<&[f32]> = windows.iter().map(|w| w.vector.as_slice()).collect();
         let vector = clap_model::mean_embedding(&vectors)

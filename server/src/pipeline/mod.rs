@@ -109,9 +109,8 @@ async fn process(lib: &Arc<Library>, row: FileRow) {
         Ok(outcome) => outcome,
         Err(e) => Outcome::Failed {
             code: match &e {
-                ApiError::Store(_) | ApiError::Internal(_) => error_code::INTERNAL,
-                ApiError::Index(_) => error_code::INDEX_FAILED,
-                ApiError::Embed(_) => error_code::EMBED_FAILED,
+                // A missing row is a database problem here, not the user's.
+                ApiError::Store(_) => error_code::INTERNAL,
                 other => other.code(),
             },
             message: e.to_string(),
@@ -197,7 +196,6 @@ async fn run(
     let progress = |done: i32, total: i32| {
         lib.events.send(FileEvent::progress(id, done, total));
     };
-    let opened = Instant::now();
     let mut on_open = |info: &traum_audio::AudioInfo, total: Option<i32>| {
         let lib = lib.clone();
         let media = MediaInfo {
@@ -217,19 +215,18 @@ async fn run(
             Ok::<_, ApiError>(())
         }
     };
-    let windows =
-        match stream_windows(lib, &path, Some(token), &mut on_open, &progress, id, opened).await {
-            Ok(Some(w)) => w,
-            Ok(None) => return Ok(Outcome::Abandoned("cancelled")),
-            Err(StreamError::Audio(e)) => {
-                return Ok(Outcome::Failed {
-                    code: audio_error_code(&e),
-                    message: audio_message(&e, &row.original_name),
-                })
-            }
-            Err(StreamError::Api(e)) => return Err(e),
-            Err(StreamError::LeaseLost) => return Ok(Outcome::Abandoned("lease lost")),
-        };
+    let windows = match stream_windows(lib, &path, token, Some(id), &mut on_open, &progress).await {
+        Ok(Some(w)) => w,
+        Ok(None) => return Ok(Outcome::Abandoned("cancelled")),
+        Err(StreamError::Audio(e)) => {
+            return Ok(Outcome::Failed {
+                code: audio_error_code(&e),
+                message: audio_message(&e, &row.original_name),
+            })
+        }
+        Err(StreamError::Api(e)) => return Err(e),
+        Err(StreamError::LeaseLost) => return Ok(Outcome::Abandoned("lease lost")),
+    };
     if windows.is_empty() {
         return Ok(Outcome::Failed {
             code: code::EMPTY,
@@ -302,22 +299,23 @@ impl From<entity::store::StoreError> for StreamError {
 /// Decodes `path` on a blocking thread and embeds every window through the
 /// batcher, keeping up to one batch of windows in flight. `Ok(None)`: cancelled.
 ///
+/// `claim`: the library file this worker holds (its lease is renewed, its
+/// progress saved, its stage times recorded); `None` for a search clip.
 /// `on_open` runs once the container is open (with the expected window
 /// count); `progress` after each window.
-#[allow(clippy::too_many_arguments)]
 async fn stream_windows<F, Fut>(
     lib: &Arc<Library>,
     path: &Path,
-    token: Option<&CancellationToken>,
+    token: &CancellationToken,
+    claim: Option<Uuid>,
     on_open: &mut F,
     progress: &(dyn Fn(i32, i32) + Sync),
-    id: Uuid,
-    opened: Instant,
 ) -> Result<Option<Vec<WindowVector>>, StreamError>
 where
     F: FnMut(&traum_audio::AudioInfo, Option<i32>) -> Fut,
     Fut: std::future::Future<Output = Result<(), ApiError>>,
 {
+    let opened = Instant::now();
     let (window_len, hop_len) = hop_samples(lib);
     let rate = f64::from(lib.embedder.info().sample_rate);
     let path = path.to_path_buf();
@@ -328,10 +326,12 @@ where
     .map_err(|e| ApiError::Internal(format!("decoder task failed: {e}")))?
     .map_err(StreamError::Audio)?;
     let info = stream.info().clone();
-    lib.metrics
-        .stage_seconds
-        .with_label_values(&["decode_open"])
-        .observe(opened.elapsed().as_secs_f64());
+    if claim.is_some() {
+        lib.metrics
+            .stage_seconds
+            .with_label_values(&["decode_open"])
+            .observe(opened.elapsed().as_secs_f64());
+    }
     let mut total = expected_windows(&info, window_len, hop_len);
     on_open(&info, total).await?;
 
@@ -348,8 +348,6 @@ where
     let mut in_flight = FuturesOrdered::new();
     let mut out: Vec<WindowVector> = Vec::new();
     let mut decoded_all = false;
-    let never = CancellationToken::new();
-    let token = token.unwrap_or(&never);
     let mut renew = tokio::time::interval(lib.config.lease / 3);
     renew.tick().await;
     let mut last_saved = Instant::now();
@@ -376,10 +374,8 @@ where
                 let done = out.len() as i32;
                 let shown_total = total.map_or(done, |t| t.max(done));
                 progress(done, shown_total);
-                if token.is_cancelled() {
-                    continue;
-                }
-                if last_saved.elapsed() > Duration::from_millis(500) {
+                let Some(id) = claim else { continue };
+                if !token.is_cancelled() && last_saved.elapsed() > Duration::from_millis(500) {
                     last_saved = Instant::now();
                     if let Err(e) = store::set_progress(&lib.db, id, done, shown_total).await {
                         tracing::debug!(%id, error = %e, "progress not saved");
@@ -404,48 +400,34 @@ where
                     }
                 }
             }
-            _ = renew.tick() => {
-                if !id.is_nil() {
-                    match store::renew_lease(&lib.db, id, &lib.owner, lib.config.lease).await {
-                        Ok(true) => {}
-                        Ok(false) => break Err(StreamError::LeaseLost),
-                        Err(e) => tracing::warn!(%id, error = %e, "lease renewal failed"),
-                    }
+            _ = renew.tick(), if claim.is_some() => {
+                let id = claim.expect("guarded");
+                match store::renew_lease(&lib.db, id, &lib.owner, lib.config.lease).await {
+                    Ok(true) => {}
+                    Ok(false) => break Err(StreamError::LeaseLost),
+                    Err(e) => tracing::warn!(%id, error = %e, "lease renewal failed"),
                 }
             }
         }
     };
     drop(rx);
     let _ = decoder.await;
-    lib.metrics
-        .stage_seconds
-        .with_label_values(&["embed"])
-        .observe(embedding.elapsed().as_secs_f64());
-    match result {
-        Ok(Some(())) => Ok(Some(out)),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e),
+    if claim.is_some() {
+        lib.metrics
+            .stage_seconds
+            .with_label_values(&["embed"])
+            .observe(embedding.elapsed().as_secs_f64());
     }
+    result.map(|finished| finished.map(|()| out))
 }
 
 /// Embeds every window of a file that is not in the library (a search clip).
 pub(crate) async fn embed_file_windows(
     lib: &Arc<Library>,
     path: &Path,
-    token: Option<&CancellationToken>,
 ) -> Result<Vec<WindowVector>, ApiError> {
     let mut on_open = |_: &traum_audio::AudioInfo, _: Option<i32>| async { Ok(()) };
-    match stream_windows(
-        lib,
-        path,
-        token,
-        &mut on_open,
-        &|_, _| {},
-        Uuid::nil(),
-        Instant::now(),
-    )
-    .await
-    {
+    match stream_windows(lib, path, &lib.shutdown, None, &mut on_open, &|_, _| {}).await {
         Ok(Some(w)) => Ok(w),
         Ok(None) => Err(ApiError::ShuttingDown),
         Err(StreamError::Audio(e)) => Err(ApiError::Audio(e)),
