@@ -1,18 +1,20 @@
-# The `traum` server. Build: docker build -t traum . (or docker compose build)
+# The `traum` server with its web client. Build: docker build -t traum .
+# (or docker compose build)
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
+RUN bash scripts/setup-web.sh && bash client/build.sh
 RUN cargo build --release -p traum-server --bin traum
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/traum /usr/local/bin/traum
-# The web client, once built (client issue), is served from here.
-COPY --from=build /src/client /opt/traum/client
+COPY --from=build /src/client/dist /opt/traum/client
 WORKDIR /opt/traum
 ENV TRAUM_BIND=0.0.0.0:8000 \
     TRAUM_DATA_DIR=/data \
+    TRAUM_CLIENT_DIR=/opt/traum/client \
     HF_HOME=/models/hf
 VOLUME ["/data"]
 EXPOSE 8000

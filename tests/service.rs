@@ -70,7 +70,7 @@ async fn every_format_is_processed_live_and_searchable() {
         fixture("tone_1k_stereo_44k.ogg"),
         fixture("tone_440_mono_22k.m4a"),
     ];
-    let outcomes = server.upload_files(files).await;
+    let outcomes = server.upload_files(files.clone()).await;
     assert_eq!(outcomes.len(), 5);
     for o in &outcomes {
         assert!(o["error"].is_null(), "{o:#}");
@@ -213,6 +213,31 @@ async fn every_format_is_processed_live_and_searchable() {
     assert!(stats["searchStats"]["p95LatencyMs"].as_f64().unwrap() > 0.0);
     assert_eq!(stats["recentSearches"][0]["kind"], "SIMILAR");
     assert_eq!(stats["recentSearches"][1]["queryText"], "query.wav");
+
+    // The library's composition: one file per container here.
+    let lib = server
+        .query(
+            "{ libraryStats { files bytes durationS formats { format files bytes durationS } } }",
+            json!({}),
+        )
+        .await;
+    let lib = &lib["libraryStats"];
+    assert_eq!(lib["files"], 5);
+    let uploaded_bytes: usize = files.iter().map(|(_, b)| b.len()).sum();
+    assert_eq!(lib["bytes"].as_f64().unwrap(), uploaded_bytes as f64);
+    let formats: Vec<&str> = lib["formats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["format"].as_str().unwrap())
+        .collect();
+    assert_eq!(formats.len(), 5, "{lib}");
+    for f in ["wav", "flac", "mp3", "ogg", "mp4"] {
+        assert!(formats.contains(&f), "{f} missing from {lib}");
+    }
+    // 3 s chirp + four ~2-3 s tones: every file decoded, all seconds counted.
+    let seconds = lib["durationS"].as_f64().unwrap();
+    assert!(seconds > 5.0 && seconds < 30.0, "{lib}");
 
     // Metrics saw it all.
     let metrics = server
@@ -774,10 +799,17 @@ async fn postgres_database_works() {
     );
     let server = Server::start_with(&data, options).await;
     let res = server
-        .query("{ files { totalCount } searchStats { total } }", json!({}))
+        .query(
+            "{ files { totalCount } searchStats { total } libraryStats { files durationS formats { format } } }",
+            json!({}),
+        )
         .await;
     assert_eq!(res["files"]["totalCount"], 1);
     assert_eq!(res["searchStats"]["total"], 1);
+    assert_eq!(res["libraryStats"]["files"], 1);
+    assert_eq!(res["libraryStats"]["formats"][0]["format"], "wav");
+    let seconds = res["libraryStats"]["durationS"].as_f64().unwrap();
+    assert!((seconds - 2.0).abs() < 0.01, "{seconds}");
     server.stop().await;
     pg.drop_database().await;
 }

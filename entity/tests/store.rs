@@ -340,6 +340,41 @@ backend_tests! {
         assert_eq!((counts.queued, counts.indexed, counts.failed), (4, 1, 1));
     }
 
+    async fn composition_sums_per_format(t: TestDb) {
+        let db = &t.db;
+        assert!(store::composition_by_format(db).await.unwrap().is_empty());
+        // Three wav (sizes 1000..1002), two flac (1003, 1004); durations on
+        // some only: undecoded files count zero seconds.
+        for n in 0..5u64 {
+            let row = insert(db, n).await;
+            if n >= 3 {
+                force(db, row.id, audio_file::Column::Container, Expr::value("flac")).await;
+            }
+            if n % 2 == 0 {
+                let seconds = 1.5 * (n + 1) as f64;
+                force(db, row.id, audio_file::Column::DurationS, Expr::value(seconds)).await;
+            }
+        }
+        let shares = store::composition_by_format(db).await.unwrap();
+        assert_eq!(
+            shares,
+            vec![
+                store::FormatShare {
+                    container: "wav".into(),
+                    files: 3,
+                    bytes: 3003.0,
+                    duration_s: 1.5 + 4.5,
+                },
+                store::FormatShare {
+                    container: "flac".into(),
+                    files: 2,
+                    bytes: 2007.0,
+                    duration_s: 7.5,
+                },
+            ]
+        );
+    }
+
     async fn pagination_is_stable_and_complete(t: TestDb) {
         let db = &t.db;
         const N: u64 = 25;

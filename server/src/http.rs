@@ -18,6 +18,7 @@ use futures_util::TryStreamExt;
 use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::{ServeDir, ServeFile};
+use tower_http::set_header::SetResponseHeaderLayer;
 use uuid::Uuid;
 
 use crate::error::{code, human_bytes, ApiError};
@@ -73,8 +74,20 @@ pub fn router(library: Arc<Library>, schema: TraumSchema, config: HttpConfig) ->
         .with_state(state);
     router = match client_dir.filter(|d| d.join("index.html").is_file()) {
         Some(dir) => {
-            let index = dir.join("index.html");
-            router.fallback_service(ServeDir::new(dir).fallback(ServeFile::new(index)))
+            // Unknown paths are client routes: they get index.html. The build
+            // writes .gz twins (the wasm shrinks ~3x); file names do not
+            // change between builds, so browsers revalidate (Last-Modified)
+            // instead of running a stale client after an upgrade.
+            let index = ServeFile::new(dir.join("index.html")).precompressed_gzip();
+            let files = ServeDir::new(dir).precompressed_gzip().fallback(index);
+            router.fallback_service(
+                tower::ServiceBuilder::new()
+                    .layer(SetResponseHeaderLayer::overriding(
+                        header::CACHE_CONTROL,
+                        HeaderValue::from_static("no-cache"),
+                    ))
+                    .service(files),
+            )
         }
         None => router.fallback(get(no_client)),
     };

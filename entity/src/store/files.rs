@@ -143,6 +143,22 @@ pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<Option<Model>> {
     Ok(AudioFile::find_by_id(id).one(db).await?)
 }
 
+/// The files with these ids, in one query, keyed by id (missing ids are
+/// absent).
+pub async fn get_many(
+    db: &DatabaseConnection,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Model>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows = AudioFile::find()
+        .filter(Column::Id.is_in(ids.iter().copied()))
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
+}
+
 /// The file with this content hash (hex, any case).
 pub async fn get_by_hash(db: &DatabaseConnection, content_hash: &str) -> Result<Option<Model>> {
     Ok(AudioFile::find()
@@ -671,6 +687,49 @@ pub async fn count_by_status(db: &DatabaseConnection) -> Result<StatusCounts> {
         }
     }
     Ok(counts)
+}
+
+/// Files, bytes and seconds of audio per container (what the library is made of).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormatShare {
+    pub container: String,
+    pub files: u64,
+    pub bytes: f64,
+    /// Seconds of decoded audio (files not yet decoded count 0).
+    pub duration_s: f64,
+}
+
+/// The library's composition by container, largest share of files first
+/// (one grouped query). Sums are cast to double so SQLite and PostgreSQL
+/// (where `SUM(bigint)` is `numeric`) decode alike.
+pub async fn composition_by_format(db: &DatabaseConnection) -> Result<Vec<FormatShare>> {
+    let rows: Vec<(String, i64, Option<f64>, Option<f64>)> = AudioFile::find()
+        .select_only()
+        .column(Column::Container)
+        .column_as(Column::Id.count(), "n")
+        .column_as(
+            Expr::cust("CAST(SUM(size_bytes) AS DOUBLE PRECISION)"),
+            "bytes",
+        )
+        .column_as(
+            Expr::cust("CAST(SUM(duration_s) AS DOUBLE PRECISION)"),
+            "seconds",
+        )
+        .group_by(Column::Container)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut shares: Vec<FormatShare> = rows
+        .into_iter()
+        .map(|(container, n, bytes, seconds)| FormatShare {
+            container,
+            files: u64::try_from(n).unwrap_or(0),
+            bytes: bytes.unwrap_or(0.0),
+            duration_s: seconds.unwrap_or(0.0),
+        })
+        .collect();
+    shares.sort_by(|a, b| b.files.cmp(&a.files).then(a.container.cmp(&b.container)));
+    Ok(shares)
 }
 
 #[cfg(test)]

@@ -28,10 +28,10 @@ pub mod files;
 pub mod searches;
 
 pub use files::{
-    claim_next, count_by_status, delete, fail, get, get_by_hash, id_for_hash,
-    insert_or_get_by_hash, list, mark_indexed, release, release_owner, renew_lease,
-    requeue_interrupted, set_media_info, set_progress, set_status, Cursor, ListQuery, MediaInfo,
-    NewAudioFile, Page, RequeueReport, SortOrder, StatusCounts,
+    claim_next, composition_by_format, count_by_status, delete, fail, get, get_by_hash, get_many,
+    id_for_hash, insert_or_get_by_hash, list, mark_indexed, release, release_owner, renew_lease,
+    requeue_interrupted, set_media_info, set_progress, set_status, Cursor, FormatShare, ListQuery,
+    MediaInfo, NewAudioFile, Page, RequeueReport, SortOrder, StatusCounts,
 };
 pub use searches::{
     count_searches, log_search, recent_searches, search_stats, NewSearch, SearchStats,

@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, GqlResult};
 use crate::events::{ApiFileStatus, FileEvent, FileEventKind};
 use crate::library::Library;
-use crate::storage::{self, Rejection, StagedFile};
+use crate::storage::{Rejection, StagedFile};
 use types::*;
 
 pub type TraumSchema = Schema<Query, Mutation, Subscription>;
@@ -108,42 +108,23 @@ fn search_params(
     })
 }
 
-/// The staged file of an upload: from the streaming handler's receipts, or
-/// (when the request came another way) copied from async-graphql's temp file.
-async fn take_upload(ctx: &Context<'_>, upload: &Upload) -> Result<Received, ApiError> {
-    if let Ok(receipts) = ctx.data::<Arc<UploadReceipts>>() {
-        let taken = receipts
-            .0
-            .lock()
-            .unwrap()
-            .get_mut(upload.0)
-            .and_then(Option::take);
-        return taken.ok_or_else(|| {
-            ApiError::BadRequest("the same upload is used twice in one request".into())
-        });
-    }
-    let value = upload
-        .value(ctx)
-        .map_err(|e| ApiError::BadRequest(format!("upload: {e}")))?;
-    let lib = library(ctx).map_err(|e| ApiError::Internal(e.message))?;
-    let incoming = lib.paths.incoming();
-    let limit = lib.config.max_file_bytes;
-    let filename = value.filename.clone();
-    tokio::task::spawn_blocking(move || {
-        match storage::stage_from_reader(&incoming, &value.filename, limit, value.content)? {
-            Ok(staged) => Ok(Received::Staged(staged)),
-            Err(rejection) => Ok(Received::Rejected {
-                filename,
-                rejection,
-            }),
-        }
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
+/// The staged file of an upload, from the streaming multipart handler's
+/// receipts (the only way files reach the schema).
+fn take_upload(ctx: &Context<'_>, upload: &Upload) -> Result<Received, ApiError> {
+    let receipts = ctx
+        .data::<Arc<UploadReceipts>>()
+        .map_err(|_| ApiError::Internal("upload outside a multipart request".into()))?;
+    let taken = receipts
+        .0
+        .lock()
+        .unwrap()
+        .get_mut(upload.0)
+        .and_then(Option::take);
+    taken.ok_or_else(|| ApiError::BadRequest("the same upload is used twice in one request".into()))
 }
 
-async fn staged_upload(ctx: &Context<'_>, upload: &Upload) -> Result<StagedFile, ApiError> {
-    match take_upload(ctx, upload).await? {
+fn staged_upload(ctx: &Context<'_>, upload: &Upload) -> Result<StagedFile, ApiError> {
+    match take_upload(ctx, upload)? {
         Received::Staged(s) => Ok(s),
         Received::Rejected {
             filename,
@@ -312,6 +293,14 @@ impl Query {
         let rows = store::recent_searches(&lib.db, limit as u64).await.gql()?;
         Ok(rows.into_iter().map(SearchLogEntry).collect())
     }
+
+    /// What the library holds: files, bytes and seconds of audio, in all
+    /// and per container.
+    async fn library_stats(&self, ctx: &Context<'_>) -> Result<LibraryStats> {
+        let lib = library(ctx)?;
+        let shares = store::composition_by_format(&lib.db).await.gql()?;
+        Ok(LibraryStats::from_shares(shares))
+    }
 }
 
 pub struct Mutation;
@@ -322,7 +311,7 @@ impl Mutation {
     /// again returns the file already in the library.
     async fn upload_file(&self, ctx: &Context<'_>, file: Upload) -> Result<AudioFile> {
         let lib = library(ctx)?;
-        let staged = staged_upload(ctx, &file).await.gql()?;
+        let staged = staged_upload(ctx, &file).gql()?;
         let (row, _) = lib.add_file(staged).await.gql()?;
         Ok(AudioFile(row))
     }
@@ -336,8 +325,8 @@ impl Mutation {
         let lib = library(ctx)?;
         let mut out = Vec::with_capacity(files.len());
         for upload in &files {
-            let outcome = match take_upload(ctx, upload).await {
-                Ok(Received::Staged(staged)) => {
+            let outcome = match staged_upload(ctx, upload) {
+                Ok(staged) => {
                     let filename = staged.original_name.clone();
                     match lib.add_file(staged).await {
                         Ok((row, created)) => UploadOutcome {
@@ -346,35 +335,18 @@ impl Mutation {
                             created,
                             error: None,
                         },
-                        Err(e) => UploadOutcome {
-                            filename,
-                            file: None,
-                            created: false,
-                            error: Some(UploadError {
-                                code: e.code().into(),
-                                message: e.to_string(),
-                            }),
-                        },
+                        Err(e) => UploadOutcome::failed(filename, &e),
                     }
                 }
-                Ok(Received::Rejected {
+                Err(ApiError::Rejected {
                     filename,
                     rejection,
                 }) => {
-                    lib.metrics.uploads.with_label_values(&["rejected"]).inc();
                     let e = ApiError::Rejected {
                         filename: filename.clone(),
                         rejection,
                     };
-                    UploadOutcome {
-                        filename,
-                        file: None,
-                        created: false,
-                        error: Some(UploadError {
-                            code: e.code().into(),
-                            message: e.to_string(),
-                        }),
-                    }
+                    UploadOutcome::failed(filename, &e)
                 }
                 Err(e) => return Err(e.extend()),
             };
@@ -394,7 +366,7 @@ impl Mutation {
     ) -> Result<SearchResponse> {
         let lib = library(ctx)?;
         let params = search_params(limit.unwrap_or(10), threshold, filter).gql()?;
-        let staged = staged_upload(ctx, &file).await.gql()?;
+        let staged = staged_upload(ctx, &file).gql()?;
         let outcome = lib.search_audio(staged, params).await.gql()?;
         Ok(outcome.into())
     }
@@ -431,9 +403,11 @@ impl Subscription {
         let wanted: HashSet<Uuid> = ids.iter().map(parse_id).collect::<Result<_, _>>().gql()?;
         // Subscribe before reading the snapshots, so nothing falls between.
         let live = BroadcastStream::new(lib.events.subscribe());
+        let ids: Vec<Uuid> = wanted.iter().copied().collect();
+        let mut rows = store::get_many(&lib.db, &ids).await.gql()?;
         let mut snapshots = Vec::with_capacity(wanted.len());
         for id in &wanted {
-            match store::get(&lib.db, *id).await.gql()? {
+            match rows.remove(id) {
                 Some(row) => snapshots.push(FileEvent::from_row(FileEventKind::Snapshot, &row)),
                 None => snapshots.push(FileEvent {
                     file_id: ID(id.to_string()),

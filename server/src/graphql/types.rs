@@ -182,6 +182,20 @@ pub struct UploadOutcome {
     pub error: Option<UploadError>,
 }
 
+impl UploadOutcome {
+    pub fn failed(filename: String, e: &crate::error::ApiError) -> Self {
+        Self {
+            filename,
+            file: None,
+            created: false,
+            error: Some(UploadError {
+                code: e.code().into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
 /// Why an upload was refused.
 #[derive(SimpleObject)]
 pub struct UploadError {
@@ -248,6 +262,49 @@ pub struct SearchStats {
     pub similar: i32,
     pub mean_latency_ms: Option<f64>,
     pub p95_latency_ms: Option<f64>,
+}
+
+/// What the library holds.
+#[derive(SimpleObject)]
+pub struct LibraryStats {
+    /// Files in the library, in every state.
+    pub files: i32,
+    /// Bytes stored.
+    pub bytes: f64,
+    /// Seconds of audio (of the files decoded so far).
+    pub duration_s: f64,
+    /// The same, per container, most files first.
+    pub formats: Vec<FormatStats>,
+}
+
+/// One container's share of the library.
+#[derive(SimpleObject)]
+pub struct FormatStats {
+    /// wav, flac, mp3, ogg or mp4.
+    pub format: String,
+    pub files: i32,
+    pub bytes: f64,
+    pub duration_s: f64,
+}
+
+impl LibraryStats {
+    pub fn from_shares(shares: Vec<entity::store::FormatShare>) -> Self {
+        let formats: Vec<FormatStats> = shares
+            .into_iter()
+            .map(|s| FormatStats {
+                format: s.container,
+                files: i32::try_from(s.files).unwrap_or(i32::MAX),
+                bytes: s.bytes,
+                duration_s: s.duration_s,
+            })
+            .collect();
+        LibraryStats {
+            files: formats.iter().map(|f| f.files).sum(),
+            bytes: formats.iter().map(|f| f.bytes).sum(),
+            duration_s: formats.iter().map(|f| f.duration_s).sum(),
+            formats,
+        }
+    }
 }
 
 /// Kind of search.

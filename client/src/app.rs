@@ -1,0 +1,160 @@
+//! The app: routes, the shell around every page, and the state the live
+//! connection keeps.
+
+use dioxus::prelude::*;
+
+use crate::api::Api;
+use crate::components::{ConnectionBanner, ConnectionDot};
+use crate::library::{Follow, LibraryView};
+use crate::live::{self, ConnState, Handlers};
+use crate::pages::{Analytics, FileDetail, Library, NotFound, Search, System};
+use crate::platform;
+
+/// The live connection's state.
+pub static CONNECTION: GlobalSignal<ConnState> = Signal::global(|| ConnState::Connecting);
+/// The Library page's list, kept current by events.
+pub static LIBRARY: GlobalSignal<LibraryView> = Signal::global(LibraryView::default);
+/// Bumped for every event: views that summarise the library refresh.
+pub static ACTIVITY: GlobalSignal<u64> = Signal::global(|| 0);
+/// Bumped when the subscription is back after a loss: events may have been
+/// missed, so views refetch.
+pub static RESYNC: GlobalSignal<u64> = Signal::global(|| 0);
+
+#[derive(Clone, Routable, Debug, PartialEq)]
+#[rustfmt::skip]
+pub enum Route {
+    #[layout(Shell)]
+        #[route("/")]
+        Library {},
+        #[route("/search?:q&:similar")]
+        Search { q: String, similar: String },
+        #[route("/library/:id?:t")]
+        FileDetail { id: String, t: f64 },
+        #[route("/analytics")]
+        Analytics {},
+        #[route("/system")]
+        System {},
+        #[route("/:..segments")]
+        NotFound { segments: Vec<String> },
+}
+
+/// The root component.
+#[component]
+pub fn App() -> Element {
+    use_hook(start_live_connection);
+    rsx! {
+        Router::<Route> {}
+    }
+}
+
+/// One connection for the whole app; it lives as long as the app.
+fn start_live_connection() {
+    spawn(async move {
+        let handlers = Handlers {
+            state: Box::new(|state| *CONNECTION.write() = state),
+            event: Box::new(|event| {
+                let follow = LIBRARY.write().apply(&event);
+                *ACTIVITY.write() += 1;
+                if let Follow::Fetch(id) = follow {
+                    spawn(async move {
+                        if let Ok(Some(file)) = Api::current().file(&id).await {
+                            LIBRARY.write().upsert(file);
+                        }
+                    });
+                }
+            }),
+            subscribed: Box::new(|again| {
+                if again {
+                    *RESYNC.write() += 1;
+                }
+            }),
+        };
+        live::run(platform::server_base(), handlers).await;
+    });
+}
+
+/// Refreshes at most every `min_interval_ms` while the library changes (or
+/// after a reconnect): summaries follow events without a request per event.
+pub fn use_library_changes(min_interval_ms: u32) -> Signal<u64> {
+    let mut tick = use_signal(|| 0u64);
+    use_future(move || async move {
+        let mut seen = (*ACTIVITY.peek(), *RESYNC.peek());
+        loop {
+            platform::sleep_ms(min_interval_ms).await;
+            let now = (*ACTIVITY.peek(), *RESYNC.peek());
+            if now != seen {
+                seen = now;
+                tick += 1;
+            }
+        }
+    });
+    tick
+}
+
+const THEME_TOGGLE_JS: &str = r#"
+const root = document.documentElement;
+const next = root.dataset.theme === 'dark' ? 'light' : 'dark';
+root.dataset.theme = next;
+try { localStorage.setItem('traum-theme', next); } catch (_) {}
+"#;
+
+/// Header, navigation, connection state; the page below.
+#[component]
+fn Shell() -> Element {
+    let state = CONNECTION();
+    let nav = [
+        (Route::Library {}, "Library"),
+        (
+            Route::Search {
+                q: String::new(),
+                similar: String::new(),
+            },
+            "Search",
+        ),
+        (Route::Analytics {}, "Analytics"),
+        (Route::System {}, "System"),
+    ];
+    let current = use_route::<Route>();
+    rsx! {
+        a { class: "skip", href: "#content", "Skip to content" }
+        header { class: "topbar",
+            div { class: "brand",
+                span { class: "logo", "aria-hidden": "true", "◖◗" }
+                span { "Traum" }
+            }
+            nav { "aria-label": "Main",
+                for (route , label) in nav {
+                    Link {
+                        key: "{label}",
+                        to: route.clone(),
+                        class: if same_page(&route, &current) { "nav-link active" } else { "nav-link" },
+                        "aria-current": if same_page(&route, &current) { "page" } else { "false" },
+                        "{label}"
+                    }
+                }
+            }
+            div { class: "topbar-end",
+                ConnectionDot { state: state.clone() }
+                button {
+                    class: "btn btn-ghost btn-icon",
+                    title: "Switch dark / light",
+                    "aria-label": "Switch between dark and light theme",
+                    onclick: move |_| {
+                        document::eval(THEME_TOGGLE_JS);
+                    },
+                    "◐"
+                }
+            }
+        }
+        ConnectionBanner { state }
+        main { id: "content", tabindex: "-1",
+            Outlet::<Route> {}
+        }
+    }
+}
+
+/// Same page, whatever its parameters (for the active tab).
+fn same_page(a: &Route, b: &Route) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+        || matches!((a, b), (Route::Library {}, Route::FileDetail { .. }))
+}

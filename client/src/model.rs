@@ -1,0 +1,171 @@
+//! The client's own view of the server's types.
+//!
+//! graphql_client generates one set of types per operation; pages work on
+//! these instead, converted once in `api`.
+
+use std::fmt;
+
+/// A file's processing state (`FileStatus` in the schema).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Queued,
+    Decoding,
+    Embedding,
+    Indexed,
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Queued,
+        Status::Decoding,
+        Status::Embedding,
+        Status::Indexed,
+        Status::Failed,
+    ];
+
+    /// As the schema spells it (also the Library filter's URL value).
+    pub fn as_api(self) -> &'static str {
+        match self {
+            Status::Queued => "QUEUED",
+            Status::Decoding => "DECODING",
+            Status::Embedding => "EMBEDDING",
+            Status::Indexed => "INDEXED",
+            Status::Failed => "FAILED",
+        }
+    }
+
+    pub fn from_api(s: &str) -> Option<Status> {
+        Status::ALL
+            .into_iter()
+            .find(|v| v.as_api().eq_ignore_ascii_case(s))
+    }
+
+    /// For people.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Queued => "Queued",
+            Status::Decoding => "Decoding",
+            Status::Embedding => "Embedding",
+            Status::Indexed => "Ready",
+            Status::Failed => "Failed",
+        }
+    }
+
+    /// Still moving: a worker has it or will take it.
+    pub fn in_progress(self) -> bool {
+        matches!(self, Status::Queued | Status::Decoding | Status::Embedding)
+    }
+
+    /// CSS class suffix.
+    pub fn css(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Decoding => "decoding",
+            Status::Embedding => "embedding",
+            Status::Indexed => "indexed",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// One file of the library.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileInfo {
+    pub id: String,
+    pub name: String,
+    pub size_bytes: f64,
+    pub container: String,
+    pub codec: Option<String>,
+    pub duration_s: Option<f64>,
+    pub sample_rate: Option<i64>,
+    pub channels: Option<i64>,
+    pub status: Status,
+    pub windows_done: i64,
+    pub windows_total: i64,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Where the original streams from (`/files/{id}`, Range requests).
+    pub url: String,
+}
+
+/// What happened to a file (`FileEventKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Snapshot,
+    Added,
+    Status,
+    Progress,
+    Deleted,
+}
+
+/// One processing event from the subscription.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileEvent {
+    pub file_id: String,
+    pub kind: EventKind,
+    pub status: Status,
+    pub windows_done: i64,
+    pub windows_total: i64,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// One ranked file of a search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub file: FileInfo,
+    /// Cosine similarity of the best window.
+    pub score: f64,
+    /// Where in the file the match is: start and end seconds.
+    pub window: Option<(f64, f64)>,
+}
+
+/// A search's answer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SearchResults {
+    pub hits: Vec<Hit>,
+    pub latency_ms: f64,
+}
+
+/// What the user asked for, besides the query itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchOptions {
+    pub limit: i64,
+    /// Results below this cosine are dropped; `None`: keep all.
+    pub threshold: Option<f64>,
+    pub min_duration_s: Option<f64>,
+    pub max_duration_s: Option<f64>,
+    /// Containers to keep; all when empty.
+    pub formats: Vec<String>,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            limit: 10,
+            threshold: None,
+            min_duration_s: None,
+            max_duration_s: None,
+            formats: Vec::new(),
+        }
+    }
+}
+
+impl SearchOptions {
+    /// The filter has something in it.
+    pub fn has_filter(&self) -> bool {
+        self.min_duration_s.is_some() || self.max_duration_s.is_some() || !self.formats.is_empty()
+    }
+}
+
+/// The containers the server accepts, for the format filter.
+pub const FORMATS: [&str; 5] = ["wav", "flac", "mp3", "ogg", "mp4"];

@@ -1,0 +1,262 @@
+//! What differs between the browser and dioxus desktop: where the server
+//! is, HTTP, the WebSocket, timers and picked files.
+
+use dioxus::html::FileData;
+
+/// A file the user picked or dropped, not yet read: the browser streams it
+/// from disk when the request is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PickedFile(pub FileData);
+
+impl PickedFile {
+    pub fn name(&self) -> String {
+        self.0.name()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.0.size()
+    }
+}
+
+/// `http://host:port` → `ws://host:port/graphql` (https → wss).
+pub fn websocket_url(base: &str) -> String {
+    let rest = base
+        .strip_prefix("https://")
+        .map(|r| format!("wss://{r}"))
+        .or_else(|| base.strip_prefix("http://").map(|r| format!("ws://{r}")))
+        .unwrap_or_else(|| base.to_string());
+    format!("{}/graphql", rest.trim_end_matches('/'))
+}
+
+#[cfg(target_arch = "wasm32")]
+mod imp {
+    use futures_util::{SinkExt, StreamExt};
+    use gloo_net::http::Request;
+    use gloo_net::websocket::{futures::WebSocket, Message};
+
+    use super::PickedFile;
+    use crate::api::ApiError;
+
+    /// The origin this page was served from.
+    pub fn server_base() -> String {
+        web_sys::window()
+            .and_then(|w| w.location().origin().ok())
+            .unwrap_or_default()
+    }
+
+    pub async fn sleep_ms(ms: u32) {
+        gloo_timers::future::TimeoutFuture::new(ms).await;
+    }
+
+    fn offline(e: impl std::fmt::Display) -> ApiError {
+        ApiError::new("OFFLINE", format!("cannot reach the server ({e})"))
+    }
+
+    pub async fn post_json(url: &str, body: String) -> Result<(u16, String), ApiError> {
+        let response = Request::post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .map_err(offline)?
+            .send()
+            .await
+            .map_err(offline)?;
+        let status = response.status();
+        let text = response.text().await.map_err(offline)?;
+        Ok((status, text))
+    }
+
+    pub async fn post_multipart(
+        url: &str,
+        operations: String,
+        map: String,
+        files: Vec<PickedFile>,
+    ) -> Result<(u16, String), ApiError> {
+        let internal = |e: wasm_bindgen::JsValue| ApiError::new("INTERNAL", format!("{e:?}"));
+        let form = web_sys::FormData::new().map_err(internal)?;
+        form.append_with_str("operations", &operations)
+            .map_err(internal)?;
+        form.append_with_str("map", &map).map_err(internal)?;
+        for (i, picked) in files.iter().enumerate() {
+            let file = picked
+                .0
+                .inner()
+                .downcast_ref::<web_sys::File>()
+                .ok_or_else(|| {
+                    ApiError::new(
+                        "INTERNAL",
+                        format!("{} is not a browser file", picked.name()),
+                    )
+                })?;
+            form.append_with_blob_and_filename(&i.to_string(), file, &file.name())
+                .map_err(internal)?;
+        }
+        let response = Request::post(url)
+            .body(form)
+            .map_err(offline)?
+            .send()
+            .await
+            .map_err(offline)?;
+        let status = response.status();
+        let text = response.text().await.map_err(offline)?;
+        Ok((status, text))
+    }
+
+    /// A WebSocket carrying text frames.
+    pub struct Socket(WebSocket);
+
+    impl Socket {
+        pub async fn connect(url: &str, protocol: &str) -> Result<Socket, String> {
+            WebSocket::open_with_protocol(url, protocol)
+                .map(Socket)
+                .map_err(|e| format!("cannot open {url}: {e}"))
+        }
+
+        pub async fn send(&mut self, text: String) -> Result<(), String> {
+            self.0
+                .send(Message::Text(text))
+                .await
+                .map_err(|e| e.to_string())
+        }
+
+        /// The next text frame; `None` when the connection closed.
+        pub async fn next(&mut self) -> Option<Result<String, String>> {
+            loop {
+                return match self.0.next().await? {
+                    Ok(Message::Text(t)) => Some(Ok(t)),
+                    Ok(Message::Bytes(_)) => continue,
+                    Err(e) => Some(Err(e.to_string())),
+                };
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod imp {
+    use futures_util::{SinkExt, StreamExt, TryStreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    use super::PickedFile;
+    use crate::api::ApiError;
+
+    /// `TRAUM_SERVER_URL`, or a server on this machine's default port.
+    pub fn server_base() -> String {
+        std::env::var("TRAUM_SERVER_URL").unwrap_or_else(|_| "http://127.0.0.1:8000".into())
+    }
+
+    pub async fn sleep_ms(ms: u32) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.into())).await;
+    }
+
+    fn offline(e: impl std::fmt::Display) -> ApiError {
+        ApiError::new("OFFLINE", format!("cannot reach the server ({e})"))
+    }
+
+    async fn finish(response: reqwest::Response) -> Result<(u16, String), ApiError> {
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(offline)?;
+        Ok((status, text))
+    }
+
+    pub async fn post_json(url: &str, body: String) -> Result<(u16, String), ApiError> {
+        let response = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(offline)?;
+        finish(response).await
+    }
+
+    pub async fn post_multipart(
+        url: &str,
+        operations: String,
+        map: String,
+        files: Vec<PickedFile>,
+    ) -> Result<(u16, String), ApiError> {
+        let mut form = reqwest::multipart::Form::new()
+            .text("operations", operations)
+            .text("map", map);
+        for (i, picked) in files.into_iter().enumerate() {
+            let size = picked.size();
+            let name = picked.name();
+            let stream = picked
+                .0
+                .byte_stream()
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            let part = reqwest::multipart::Part::stream_with_length(
+                reqwest::Body::wrap_stream(stream),
+                size,
+            )
+            .file_name(name);
+            form = form.part(i.to_string(), part);
+        }
+        let response = reqwest::Client::new()
+            .post(url)
+            .multipart(form)
+            .send()
+            .await
+            .map_err(offline)?;
+        finish(response).await
+    }
+
+    type Stream = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    /// A WebSocket carrying text frames.
+    pub struct Socket(Stream);
+
+    impl Socket {
+        pub async fn connect(url: &str, protocol: &str) -> Result<Socket, String> {
+            let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+            request.headers_mut().insert(
+                "sec-websocket-protocol",
+                protocol
+                    .parse()
+                    .map_err(|_| "bad protocol name".to_string())?,
+            );
+            let (stream, _) = tokio_tungstenite::connect_async(request)
+                .await
+                .map_err(|e| format!("cannot open {url}: {e}"))?;
+            Ok(Socket(stream))
+        }
+
+        pub async fn send(&mut self, text: String) -> Result<(), String> {
+            self.0
+                .send(Message::text(text))
+                .await
+                .map_err(|e| e.to_string())
+        }
+
+        /// The next text frame; `None` when the connection closed.
+        pub async fn next(&mut self) -> Option<Result<String, String>> {
+            loop {
+                return match self.0.next().await? {
+                    Ok(Message::Text(t)) => Some(Ok(t.to_string())),
+                    Ok(Message::Close(_)) => None,
+                    Ok(_) => continue,
+                    Err(e) => Some(Err(e.to_string())),
+                };
+            }
+        }
+    }
+}
+
+pub use imp::*;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn websocket_urls() {
+        assert_eq!(
+            super::websocket_url("http://127.0.0.1:8000"),
+            "ws://127.0.0.1:8000/graphql"
+        );
+        assert_eq!(
+            super::websocket_url("https://traum.example/"),
+            "wss://traum.example/graphql"
+        );
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what building the web client needs, once:
+#   - the wasm32-unknown-unknown target (rustup)
+#   - wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock
+# With --browser-tests, also what its browser test needs:
+#   - Chromium (Debian's package)
+#   - the test's node packages (tests/browser, from package-lock.json)
+# Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  rustup target add wasm32-unknown-unknown
+fi
+
+want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+have=$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }' || true)
+if [ "$have" != "$want" ]; then
+  echo "installing wasm-bindgen-cli $want (have: ${have:-none}); a few minutes"
+  cargo install wasm-bindgen-cli --version "$want"
+fi
+
+[ "${1:-}" = "--browser-tests" ] || exit 0
+
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${CHROMIUM:-}" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get install -y --no-install-recommends chromium \
+      || { $sudo_cmd apt-get update && $sudo_cmd apt-get install -y --no-install-recommends chromium; }
+  else
+    echo "install Chromium (or set CHROMIUM=/path/to/chrome) for the browser test" >&2
+  fi
+fi
+
+if ! command -v node >/dev/null 2>&1; then
+  echo "Node.js 18+ and npm are needed for the browser test" >&2
+  exit 1
+fi
+(cd tests/browser && npm ci --no-audit --no-fund)
