@@ -18,6 +18,9 @@ impl PickedFile {
     }
 }
 
+/// Told bytes sent and bytes in all while an upload is under way.
+pub type Progress = Box<dyn Fn(u64, u64)>;
+
 /// `http://host:port` → `ws://host:port/graphql` (https → wss).
 pub fn websocket_url(base: &str) -> String {
     let rest = base
@@ -34,7 +37,7 @@ mod imp {
     use gloo_net::http::Request;
     use gloo_net::websocket::{futures::WebSocket, Message};
 
-    use super::PickedFile;
+    use super::{PickedFile, Progress};
     use crate::api::ApiError;
 
     /// The origin this page was served from.
@@ -65,12 +68,20 @@ mod imp {
         Ok((status, text))
     }
 
+    /// Sends the form with XMLHttpRequest: unlike fetch, it reports upload
+    /// progress (bytes sent of the whole body).
     pub async fn post_multipart(
         url: &str,
         operations: String,
         map: String,
         files: Vec<PickedFile>,
+        on_progress: Option<Progress>,
     ) -> Result<(u16, String), ApiError> {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        use wasm_bindgen::closure::Closure;
+        use wasm_bindgen::JsCast;
+
         let internal = |e: wasm_bindgen::JsValue| ApiError::new("INTERNAL", format!("{e:?}"));
         let form = web_sys::FormData::new().map_err(internal)?;
         form.append_with_str("operations", &operations)
@@ -90,14 +101,43 @@ mod imp {
             form.append_with_blob_and_filename(&i.to_string(), file, &file.name())
                 .map_err(internal)?;
         }
-        let response = Request::post(url)
-            .body(form)
-            .map_err(offline)?
-            .send()
-            .await
-            .map_err(offline)?;
-        let status = response.status();
-        let text = response.text().await.map_err(offline)?;
+        let xhr = web_sys::XmlHttpRequest::new().map_err(internal)?;
+        xhr.open("POST", url).map_err(internal)?;
+        let (tx, rx) = futures_channel::oneshot::channel::<Result<(), String>>();
+        let tx = Rc::new(RefCell::new(Some(tx)));
+        let finish = |outcome: Result<(), String>| {
+            let tx = tx.clone();
+            Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
+                if let Some(tx) = tx.borrow_mut().take() {
+                    let _ = tx.send(outcome.clone());
+                }
+            })
+        };
+        let on_load = finish(Ok(()));
+        let on_error = finish(Err("the connection failed".into()));
+        let on_abort = finish(Err("the upload was cancelled".into()));
+        xhr.set_onload(Some(on_load.as_ref().unchecked_ref()));
+        xhr.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        xhr.set_onabort(Some(on_abort.as_ref().unchecked_ref()));
+        let on_upload_progress = on_progress.map(|report| {
+            Closure::<dyn FnMut(web_sys::ProgressEvent)>::new(move |e: web_sys::ProgressEvent| {
+                if e.length_computable() {
+                    report(e.loaded() as u64, e.total() as u64);
+                }
+            })
+        });
+        if let Some(cb) = &on_upload_progress {
+            xhr.upload()
+                .map_err(internal)?
+                .set_onprogress(Some(cb.as_ref().unchecked_ref()));
+        }
+        xhr.send_with_opt_form_data(Some(&form)).map_err(internal)?;
+        // The closures live until the request ends.
+        let outcome = rx.await.unwrap_or(Err("the upload was dropped".into()));
+        drop((on_load, on_error, on_abort, on_upload_progress));
+        outcome.map_err(offline)?;
+        let status = xhr.status().map_err(internal)?;
+        let text = xhr.response_text().map_err(internal)?.unwrap_or_default();
         Ok((status, text))
     }
 
@@ -136,7 +176,7 @@ mod imp {
     use futures_util::{SinkExt, StreamExt, TryStreamExt};
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
-    use super::PickedFile;
+    use super::{PickedFile, Progress};
     use crate::api::ApiError;
 
     /// `TRAUM_SERVER_URL`, or a server on this machine's default port.
@@ -174,7 +214,10 @@ mod imp {
         operations: String,
         map: String,
         files: Vec<PickedFile>,
+        on_progress: Option<Progress>,
     ) -> Result<(u16, String), ApiError> {
+        // reqwest does not report upload progress: the bar shows sent once done.
+        let total: u64 = files.iter().map(|f| f.size()).sum();
         let mut form = reqwest::multipart::Form::new()
             .text("operations", operations)
             .text("map", map);
@@ -198,6 +241,9 @@ mod imp {
             .send()
             .await
             .map_err(offline)?;
+        if let Some(report) = on_progress {
+            report(total, total);
+        }
         finish(response).await
     }
 

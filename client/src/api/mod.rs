@@ -6,7 +6,7 @@ use graphql_client::{GraphQLQuery, QueryBody};
 use serde::de::DeserializeOwned;
 
 use crate::model::{EventKind, FileEvent, FileInfo, Hit, SearchOptions, SearchResults, Status};
-use crate::platform::{self, PickedFile};
+use crate::platform::{self, PickedFile, Progress};
 
 /// Scalars of the schema, as the client holds them.
 pub type DateTime = String;
@@ -171,6 +171,7 @@ impl Api {
         variable: &str,
         list: bool,
         files: Vec<PickedFile>,
+        on_progress: Option<Progress>,
     ) -> Result<Q::ResponseData, ApiError>
     where
         Q::Variables: serde::Serialize,
@@ -180,7 +181,8 @@ impl Api {
             serde_json::to_string(&query).map_err(|e| ApiError::new("INTERNAL", e.to_string()))?;
         let map = multipart_map(variable, files.len(), list);
         let (status, text) =
-            platform::post_multipart(&self.graphql_url(), operations, map, files).await?;
+            platform::post_multipart(&self.graphql_url(), operations, map, files, on_progress)
+                .await?;
         decode(status, &text)
     }
 
@@ -264,18 +266,23 @@ impl Api {
             filter: filter!(audio_search, options),
         };
         let data = self
-            .run_upload::<AudioSearch>(v, "file", false, vec![clip])
+            .run_upload::<AudioSearch>(v, "file", false, vec![clip], None)
             .await?;
         Ok(data.search_by_audio.into())
     }
 
     /// Uploads files in one request; each comes back on its own.
-    pub async fn upload(&self, files: Vec<PickedFile>) -> Result<Vec<UploadResult>, ApiError> {
+    /// `on_progress` hears bytes sent of the whole request.
+    pub async fn upload(
+        &self,
+        files: Vec<PickedFile>,
+        on_progress: Option<Progress>,
+    ) -> Result<Vec<UploadResult>, ApiError> {
         let v = upload_files::Variables {
             files: vec![serde_json::Value::Null; files.len()],
         };
         let data = self
-            .run_upload::<UploadFiles>(v, "files", true, files)
+            .run_upload::<UploadFiles>(v, "files", true, files, on_progress)
             .await?;
         Ok(data
             .upload_files

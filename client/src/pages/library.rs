@@ -25,8 +25,15 @@ pub struct UploadNotice {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum NoticeState {
-    Sending,
-    Refused { code: String, message: String },
+    /// Bytes of its request sent so far, of all (0 of 0 until the first report).
+    Sending {
+        sent: u64,
+        total: u64,
+    },
+    Refused {
+        code: String,
+        message: String,
+    },
     AlreadyThere,
 }
 
@@ -53,13 +60,23 @@ fn start_upload(files: Vec<FileData>) {
                         key,
                         name: f.name(),
                         size: f.size(),
-                        state: NoticeState::Sending,
+                        state: NoticeState::Sending { sent: 0, total: 0 },
                     });
                     key
                 })
                 .collect();
             let picked = chunk.iter().cloned().map(PickedFile).collect();
-            match api.upload(picked).await {
+            let progress_keys = keys.clone();
+            let on_progress: crate::platform::Progress = Box::new(move |sent, total| {
+                let mut notices = NOTICES.write();
+                for n in notices
+                    .iter_mut()
+                    .filter(|n| progress_keys.contains(&n.key))
+                {
+                    n.state = NoticeState::Sending { sent, total };
+                }
+            });
+            match api.upload(picked, Some(on_progress)).await {
                 Ok(outcomes) => {
                     for (key, outcome) in keys.iter().zip(outcomes) {
                         let state = match (&outcome.error, outcome.created) {
@@ -224,12 +241,36 @@ fn Notice(notice: UploadNotice) -> Element {
     let key = notice.key;
     let dismiss = move |_| set_notice(key, None);
     match notice.state {
-        NoticeState::Sending => rsx! {
-            li { class: "notice notice-sending",
-                span { class: "spinner", "aria-hidden": "true" }
-                "Uploading {notice.name} ({format::bytes(notice.size as f64)})…"
+        NoticeState::Sending { sent, total } => {
+            let percent = if total > 0 {
+                (sent as f64 / total as f64 * 100.0).round() as i64
+            } else {
+                0
+            };
+            let label = if total > 0 && sent >= total {
+                "processing the upload…".to_string()
+            } else {
+                format!("{percent}%")
+            };
+            rsx! {
+                li { class: "notice notice-sending",
+                    span { class: "spinner", "aria-hidden": "true" }
+                    "Uploading {notice.name} ({format::bytes(notice.size as f64)})"
+                    div {
+                        class: "upload-progress",
+                        role: "progressbar",
+                        "aria-label": "upload of {notice.name}",
+                        "aria-valuemin": "0",
+                        "aria-valuemax": "100",
+                        "aria-valuenow": "{percent}",
+                        div { class: "progress-track",
+                            div { class: "progress-fill", style: "width: {percent}%" }
+                        }
+                    }
+                    span { class: "muted", "{label}" }
+                }
             }
-        },
+        }
         NoticeState::Refused { code, message } => rsx! {
             li { class: "notice notice-refused", role: "alert", "data-code": "{code}",
                 strong { "{notice.name}" }
