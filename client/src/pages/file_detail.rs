@@ -3,17 +3,17 @@
 
 use dioxus::prelude::*;
 
+use super::ResultList;
 use crate::api::Api;
 use crate::app::{use_library_changes, Route};
-use crate::components::{ErrorNote, ProgressBar, ResultCard, StatusBadge};
+use crate::components::{ErrorNote, ProgressBar, StatusBadge};
 use crate::format;
 use crate::model::{SearchOptions, Status};
 
 #[component]
 pub fn FileDetail(id: String, t: f64) -> Element {
     let changes = use_library_changes(1000);
-    let nav = use_navigator();
-    let mut playing = use_signal(|| None::<String>);
+    let playing = use_signal(|| None::<String>);
 
     let file = use_resource(use_reactive!(|id| async move {
         let _ = changes();
@@ -81,30 +81,7 @@ pub fn FileDetail(id: String, t: f64) -> Element {
                         Some(Err(e)) => rsx! { ErrorNote { message: e.message.clone() } },
                         Some(Ok(found)) if found.hits.is_empty() => rsx! { p { class: "muted", "Nothing else in the library yet." } },
                         Some(Ok(found)) => rsx! {
-                            ol { class: "results",
-                                for (i , hit) in found.hits.iter().enumerate() {
-                                    ResultCard {
-                                        key: "{hit.file.id}",
-                                        rank: i + 1,
-                                        hit: hit.clone(),
-                                        audio_url: Api::current().absolute(&hit.file.url),
-                                        playing: playing() == Some(hit.file.id.clone()),
-                                        on_play: {
-                                            let id = hit.file.id.clone();
-                                            move |_| {
-                                                let now = playing();
-                                                playing.set(if now.as_deref() == Some(id.as_str()) { None } else { Some(id.clone()) });
-                                            }
-                                        },
-                                        on_similar: move |id: String| {
-                                            nav.push(Route::Search { q: String::new(), similar: id });
-                                        },
-                                        on_open: move |(id, t): (String, f64)| {
-                                            nav.push(Route::FileDetail { id, t });
-                                        },
-                                    }
-                                }
-                            }
+                            ResultList { hits: found.hits.clone(), playing }
                         },
                     }
                 }

@@ -4,9 +4,9 @@
 use dioxus::html::HasFileData;
 use dioxus::prelude::*;
 
+use super::ResultList;
 use crate::api::{Api, ApiError};
-use crate::app::Route;
-use crate::components::{ErrorNote, ResultCard};
+use crate::components::ErrorNote;
 use crate::format;
 use crate::model::{SearchOptions, SearchResults, FORMATS};
 use crate::platform::{self, PickedFile};
@@ -72,7 +72,6 @@ pub fn Search(q: String, similar: String) -> Element {
     let mut min_duration = use_signal(String::new);
     let mut max_duration = use_signal(String::new);
     let mut formats = use_signal(Vec::<String>::new);
-    let nav = use_navigator();
 
     // The route's query (also when "more like this" lands here from here).
     use_effect(use_reactive!(|q, similar| {
@@ -279,30 +278,7 @@ pub fn Search(q: String, similar: String) -> Element {
                             if found.hits.is_empty() {
                                 p { class: "empty", "Nothing matched. Lower the minimum score or widen the filters." }
                             }
-                            ol { class: "results", "data-testid": "results",
-                                for (i , hit) in found.hits.iter().enumerate() {
-                                    ResultCard {
-                                        key: "{hit.file.id}",
-                                        rank: i + 1,
-                                        hit: hit.clone(),
-                                        audio_url: Api::current().absolute(&hit.file.url),
-                                        playing: playing() == Some(hit.file.id.clone()),
-                                        on_play: {
-                                            let id = hit.file.id.clone();
-                                            move |_| {
-                                                let now = playing();
-                                                playing.set(if now.as_deref() == Some(id.as_str()) { None } else { Some(id.clone()) });
-                                            }
-                                        },
-                                        on_similar: move |id: String| {
-                                            nav.push(Route::Search { q: String::new(), similar: id });
-                                        },
-                                        on_open: move |(id, t): (String, f64)| {
-                                            nav.push(Route::FileDetail { id, t });
-                                        },
-                                    }
-                                }
-                            }
+                            ResultList { hits: found.hits.clone(), playing, test_id: "results" }
                         },
                     }
                 }
