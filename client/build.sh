@@ -37,7 +37,7 @@ if command -v wasm-opt >/dev/null 2>&1; then
     "$stage/traum_client_bg.wasm" -o "$stage/traum_client_bg.opt.wasm"
   mv "$stage/traum_client_bg.opt.wasm" "$stage/traum_client_bg.wasm"
 fi
-cp client/index.html client/style.css "$stage/"
+cp client/index.html client/style.css client/theme.js client/boot.js "$stage/"
 # Precompressed twins; `traum serve` sends them to browsers that take gzip.
 for f in "$stage"/*.wasm "$stage"/*.js "$stage"/*.css "$stage"/*.html; do
   gzip -9 -k -n "$f"

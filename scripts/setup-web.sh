@@ -2,6 +2,8 @@
 # Installs what building the web client needs, once:
 #   - the wasm32-unknown-unknown target (rustup)
 #   - wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock
+#   - GraphiQL's pinned npm packages (server/graphiql, from its package-lock.json), which
+#     `traum serve` serves itself at /graphiql/ for the page at GET /graphql
 # With --browser-tests, also what its browser test needs:
 #   - Chromium (Debian's package)
 #   - the test's node packages (tests/browser, from package-lock.json)
@@ -20,6 +22,15 @@ if [ "$have" != "$want" ]; then
   cargo install wasm-bindgen-cli --version "$want"
 fi
 
+if ! command -v npm >/dev/null 2>&1; then
+  echo "npm (Node.js 18+) is needed for GraphiQL's assets (apt-get install npm)" >&2
+  exit 1
+fi
+if [ ! -f server/graphiql/node_modules/graphiql/graphiql.min.js ] \
+  || [ server/graphiql/package-lock.json -nt server/graphiql/node_modules/.package-lock.json ]; then
+  (cd server/graphiql && npm ci --no-audit --no-fund)
+fi
+
 [ "${1:-}" = "--browser-tests" ] || exit 0
 
 if ! command -v chromium >/dev/null 2>&1 && [ -z "${CHROMIUM:-}" ]; then
@@ -33,8 +44,4 @@ if ! command -v chromium >/dev/null 2>&1 && [ -z "${CHROMIUM:-}" ]; then
   fi
 fi
 
-if ! command -v node >/dev/null 2>&1; then
-  echo "Node.js 18+ and npm are needed for the browser test" >&2
-  exit 1
-fi
 (cd tests/browser && npm ci --no-audit --no-fund)

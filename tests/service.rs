@@ -53,14 +53,13 @@ fn fixture(name: &str) -> (String, Vec<u8>) {
 async fn every_format_is_processed_live_and_searchable() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data")).await;
+    // Live once SUBSCRIBED has arrived: every later event reaches us, no sleep needed.
     let mut events = server
-        .subscribe(
+        .subscribe_live(
             "subscription { libraryEvents { fileId kind status windowsDone windowsTotal } }",
-            json!({}),
+            "libraryEvents",
         )
         .await;
-    // Give the subscription a moment to be registered before uploading.
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let chirp_wav = wav_i16(44_100, &chirp(200.0, 4000.0, 3.0, 0.5));
     let files = vec![
@@ -406,8 +405,17 @@ async fn bad_uploads_fail_alone() {
     let too_deep =
         "{ files { edges { node { id } } pageInfo { hasNextPage } } health { model { id } } }";
     assert!(server.post(too_deep, json!({})).await["errors"].is_null());
+    // Introspection is exempt from the depth limit (graphql-js's query is 13+ levels)...
     let res = server
         .post("{ __schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { ofType { ofType { ofType { ofType { name } } } } } } } } } } } } } }", json!({}))
+        .await;
+    assert!(res["errors"].is_null(), "{res:#}");
+    // ...queries over the data are not.
+    let res = server
+        .post(
+            "{ a { b { c { d { e { f { g { h { i { j { k { l { m { n } } } } } } } } } } } } } }",
+            json!({}),
+        )
         .await;
     assert_eq!(
         res["errors"][0]["extensions"]["code"], "QUERY_TOO_DEEP",
@@ -594,12 +602,11 @@ async fn delete_removes_everything_even_mid_processing() {
 
     // Mid-processing: a 10-minute file (60 windows, one per forward pass).
     let mut sub = server
-        .subscribe(
+        .subscribe_live(
             "subscription { libraryEvents { fileId kind status windowsDone } }",
-            json!({}),
+            "libraryEvents",
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let long = wav_i16(48_000, &noise(600.0, 0.3, 11));
     let (_, res) = server.upload_file("long.wav", long).await;
     let long_id = res["data"]["uploadFile"]["id"]
@@ -664,12 +671,11 @@ async fn killed_mid_ingest_resumes_at_next_start() {
         .arg("1");
     let server = Server::start_with(&data, slow.clone()).await;
     let mut sub = server
-        .subscribe(
-            "subscription { libraryEvents { fileId status windowsDone } }",
-            json!({}),
+        .subscribe_live(
+            "subscription { libraryEvents { fileId kind status windowsDone } }",
+            "libraryEvents",
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     // Three 60 s files: 6 windows each.
     let files: Vec<(String, Vec<u8>)> = (0..3)
         .map(|i| {
@@ -743,6 +749,8 @@ async fn legacy_websocket_protocol_and_snapshots() {
         Protocol::LegacyWs,
     )
     .await;
+    let first = sub.next_timeout(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(first["fileEvents"]["kind"], "SUBSCRIBED", "{first:#}");
     let mut kinds = Vec::new();
     for _ in 0..2 {
         let e = sub.next_timeout(Duration::from_secs(10)).await.unwrap();

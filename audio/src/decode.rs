@@ -38,6 +38,12 @@ const GAP_SLACK_FRAMES: u64 = 32;
 /// If more than this share of the audio had to be replaced by silence, the file is too damaged
 /// to index: its windows would be mostly filler.
 const MAX_DAMAGED_FRACTION: f64 = 0.25;
+/// Most frames of filler silence handed out in one chunk: filler is owed as a count and paid
+/// out in pieces, so a run of bad packets never becomes one huge buffer.
+const FILL_CHUNK_FRAMES: u64 = 16_384;
+/// Largest sample magnitude passed on. Float formats can carry anything; values this far past
+/// full scale (+60 dB) are garbage, and squaring them in the mel front end would overflow f32.
+pub const MAX_SAMPLE_MAGNITUDE: f32 = 1_000.0;
 
 /// What the file is, as far as the header and the first decoded packet tell.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,11 +78,23 @@ pub struct AudioDecoder {
     /// A decoded chunk and its rate, not yet returned: the first chunk (decoded in `open` so
     /// that `info` is exact and dud files fail early) or one held back behind filler.
     pending: Option<(Vec<f32>, u32)>,
+    /// Frames of silence owed for damaged or missing data, paid out before the next packet.
+    filler_owed: u64,
+    /// Filler frames since the last packet that decoded: a hole longer than `MAX_GAP_S` is
+    /// not damage but garbage.
+    hole_frames: u64,
+    /// Samples that were NaN or infinite (replaced by silence).
+    nonfinite: u64,
     /// Frames emitted for the current track (decoded + silence filling damaged stretches).
     track_frames: u64,
     /// Seconds emitted in total, and how many of them are filler for damaged data.
     seconds: f64,
     filled_seconds: f64,
+    /// The exact length so far: whole seconds of finished rate segments, plus the frames
+    /// of the current one (a sum of per-chunk seconds drifts in the last digits).
+    past_segments_s: f64,
+    segment_frames: u64,
+    segment_rate: u32,
     /// Declared length of the current track, for spotting truncation; None when unknown.
     declared_frames: Option<u64>,
     /// Timestamp (track time base) where the next packet should start; None before the first.
@@ -109,7 +127,10 @@ impl AudioDecoder {
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
             hint.with_extension(ext);
         }
-        let mss = MediaSourceStream::new(Box::new(file), Default::default());
+        // Metadata and extra tracks we never use cannot fail the audio (see `container`).
+        let patches = crate::container::patches_for(container, &mut file);
+        let source = crate::container::PatchedSource::new(file, patches);
+        let mss = MediaSourceStream::new(Box::new(source), Default::default());
         // Gapless trims encoder delay/padding where the container says (MP3 LAME/Xing tags), so
         // lengths are real. Symphonia 0.5 ignores MP4 edit lists: AAC in M4A keeps its ~1024
         // priming frames (~23 ms at 44.1 kHz) at the start.
@@ -156,9 +177,15 @@ impl AudioDecoder {
             track_id: track.id,
             sample_rate: info.sample_rate,
             pending: None,
+            filler_owed: 0,
+            hole_frames: 0,
+            nonfinite: 0,
             track_frames: 0,
             seconds: 0.0,
             filled_seconds: 0.0,
+            past_segments_s: 0.0,
+            segment_frames: 0,
+            segment_rate: 0,
             declared_frames: n_frames,
             expected_ts: None,
             time_base: track.codec_params.time_base,
@@ -176,10 +203,7 @@ impl AudioDecoder {
         info.channels = dec.last_channels();
         info.duration_s = n_frames.map(|n| n as f64 / f64::from(info.sample_rate));
         dec.info = info;
-        debug_assert!(
-            dec.pending.is_none(),
-            "only a rate change after decoded audio stashes a chunk"
-        );
+        debug_assert!(dec.pending.is_none() && dec.filler_owed == 0);
         dec.pending = Some((first, dec.sample_rate));
         debug!(path = %path.display(), info = ?dec.info, "opened audio file");
         Ok(dec)
@@ -208,13 +232,22 @@ impl AudioDecoder {
 
     /// Seconds of audio produced so far (including a chunk decoded ahead in `open`).
     pub fn decoded_seconds(&self) -> f64 {
-        self.seconds
+        self.past_segments_s + self.segment_frames as f64 / f64::from(self.segment_rate.max(1))
     }
 
     /// Seconds of silence inserted so far in place of undecodable or missing packets, which
     /// keeps later audio at its true time position.
     pub fn filled_seconds(&self) -> f64 {
         self.filled_seconds
+    }
+
+    /// Samples (after the downmix) that were NaN or infinite and were replaced by silence.
+    ///
+    /// Policy: such samples are damage, like an undecodable packet: each becomes 0.0 and counts
+    /// towards the damaged share, so a file with a few stray NaNs is indexed and one that is
+    /// mostly NaN fails as corrupt. Finite samples beyond [`MAX_SAMPLE_MAGNITUDE`] are clamped.
+    pub fn nonfinite_samples(&self) -> u64 {
+        self.nonfinite
     }
 
     fn last_channels(&mut self) -> u16 {
@@ -226,6 +259,9 @@ impl AudioDecoder {
     /// A packet that fails to decode is skipped with a warning and replaced by silence of its
     /// duration, as is a hole in the packet timestamps, so later audio stays at its true time.
     pub fn next_chunk(&mut self) -> Result<Option<Vec<f32>>> {
+        if let Some(filler) = self.pay_filler() {
+            return Ok(Some(filler));
+        }
         if let Some((chunk, rate)) = self.pending.take() {
             self.sample_rate = rate;
             return Ok(Some(chunk));
@@ -233,8 +269,6 @@ impl AudioDecoder {
         if self.done {
             return Ok(None);
         }
-        // Silence standing in for bad packets, returned ahead of the next good one.
-        let mut out: Vec<f32> = Vec::new();
         loop {
             let packet = match guarded(|| self.format.next_packet()) {
                 Ok(p) => p,
@@ -242,7 +276,7 @@ impl AudioDecoder {
                     // Symphonia reports the end of the stream as EOF, truncated or not.
                     self.done = true;
                     self.check_complete()?;
-                    return Ok((!out.is_empty()).then_some(out));
+                    return Ok(self.pay_filler());
                 }
                 Err(SymError::ResetRequired) => {
                     self.reset_track()?;
@@ -266,16 +300,16 @@ impl AudioDecoder {
             if packet.track_id() != self.track_id {
                 continue;
             }
-            self.fill_gap(packet.ts(), &mut out)?;
+            self.fill_gap(packet.ts())?;
             self.expected_ts = Some(
                 self.expected_ts
                     .unwrap_or(0)
-                    .max(packet.ts() + packet.dur()),
+                    .max(packet.ts().saturating_add(packet.dur())),
             );
 
             let decoded = guarded(|| self.decoder.decode(&packet).map(|buf| downmix(&buf)));
             let bad = match decoded {
-                Ok((mono, rate, channels)) => {
+                Ok((mut mono, rate, channels)) => {
                     self.consecutive_errors = 0;
                     if mono.is_empty() {
                         continue;
@@ -293,21 +327,29 @@ impl AudioDecoder {
                             ),
                         });
                     }
-                    // (Before any audio decoded, the filler simply takes the decoded rate.)
-                    let decoded_any = self.seconds > self.filled_seconds;
-                    if rate != self.sample_rate && !out.is_empty() && decoded_any {
-                        // Filler was at the old rate; hand it out before switching.
-                        self.advance(mono.len(), rate, false);
+                    let nonfinite = sanitize(&mut mono);
+                    if nonfinite > 0 {
+                        if self.nonfinite == 0 {
+                            warn!(path = %self.path.display(), at_s = self.seconds, "NaN or infinite samples replaced by silence");
+                        }
+                        self.nonfinite += nonfinite as u64;
+                        // Damage, like filler, in the share that decides "too damaged".
+                        self.filled_seconds += nonfinite as f64 / f64::from(rate);
+                    }
+                    self.hole_frames = 0;
+                    if self.filler_owed > 0 && rate != self.sample_rate {
+                        // Filler is owed at the old rate; pay it before switching.
                         self.pending = Some((mono, rate));
-                        return Ok(Some(out));
+                        self.advance_pending_rate(rate);
+                        return Ok(self.pay_filler());
                     }
                     self.sample_rate = rate;
                     self.advance(mono.len(), rate, false);
-                    if out.is_empty() {
-                        return Ok(Some(mono));
+                    if self.filler_owed > 0 {
+                        self.pending = Some((mono, rate));
+                        return Ok(self.pay_filler());
                     }
-                    out.extend_from_slice(&mono);
-                    return Ok(Some(out));
+                    return Ok(Some(mono));
                 }
                 Err(SymError::DecodeError(msg)) => msg.to_string(),
                 // Decoders read packet bits through an in-memory reader: any I/O error there
@@ -319,7 +361,7 @@ impl AudioDecoder {
                 }
                 // On the first packets this is a real codec limitation (e.g. HE-AAC); after
                 // audio has decoded fine it is damaged data posing as an exotic feature.
-                Err(SymError::Unsupported(what)) if self.seconds > self.filled_seconds => {
+                Err(SymError::Unsupported(what)) if self.decoded_any() => {
                     format!("unsupported feature: {what}")
                 }
                 Err(SymError::Unsupported(what)) => {
@@ -337,8 +379,55 @@ impl AudioDecoder {
             };
             self.skip_bad_packet(&bad)?;
             let frames = self.ts_to_frames(packet.dur()).min(self.max_gap_frames());
-            self.push_silence(frames, &mut out);
+            self.owe_silence(frames)?;
+            // Pay as we go: memory stays at one filler chunk however long the bad run.
+            if let Some(filler) = self.pay_filler() {
+                return Ok(Some(filler));
+            }
         }
+    }
+
+    /// Whether any real (not filler) audio has been produced yet.
+    fn decoded_any(&self) -> bool {
+        self.seconds - self.filled_seconds > 1e-9
+    }
+
+    /// The pending chunk's frames count as emitted now (its rate differs from the filler's).
+    fn advance_pending_rate(&mut self, rate: u32) {
+        if let Some((chunk, _)) = &self.pending {
+            let n = chunk.len();
+            self.advance(n, rate, false);
+        }
+    }
+
+    /// Records `frames` of silence owed for damaged or missing data. Before any audio has
+    /// decoded there is no position to keep (and maybe no known rate), so leading damage is
+    /// dropped rather than filled.
+    fn owe_silence(&mut self, frames: u64) -> Result<()> {
+        if frames == 0 || !self.decoded_any() {
+            return Ok(());
+        }
+        self.hole_frames = self.hole_frames.saturating_add(frames);
+        if self.hole_frames > self.max_gap_frames() {
+            self.done = true;
+            let secs = self.hole_frames as f64 / f64::from(self.sample_rate.max(1));
+            return Err(self.corrupt(format!(
+                "{secs:.1} s of audio in a row are missing or undecodable"
+            )));
+        }
+        self.filler_owed += frames;
+        Ok(())
+    }
+
+    /// The next piece of owed silence, if any.
+    fn pay_filler(&mut self) -> Option<Vec<f32>> {
+        if self.filler_owed == 0 {
+            return None;
+        }
+        let n = self.filler_owed.min(FILL_CHUNK_FRAMES);
+        self.filler_owed -= n;
+        self.advance(n as usize, self.sample_rate, true);
+        Some(vec![0.0; n as usize])
     }
 
     /// Most frames of silence inserted for one hole.
@@ -360,7 +449,7 @@ impl AudioDecoder {
     }
 
     /// Fills a jump in packet timestamps (the demuxer skipped damaged data) with silence.
-    fn fill_gap(&mut self, ts: u64, out: &mut Vec<f32>) -> Result<()> {
+    fn fill_gap(&mut self, ts: u64) -> Result<()> {
         let Some(expected) = self.expected_ts else {
             return Ok(());
         };
@@ -373,23 +462,23 @@ impl AudioDecoder {
         }
         if frames > self.max_gap_frames() {
             self.done = true;
-            let secs = frames as f64 / f64::from(self.sample_rate);
+            let secs = frames as f64 / f64::from(self.sample_rate.max(1));
             return Err(self.corrupt(format!(
                 "{secs:.1} s of audio are missing (packet timestamps jump)"
             )));
         }
         warn!(path = %self.path.display(), at_s = self.seconds, frames, "filling a hole in the audio data with silence");
-        self.push_silence(frames, out);
-        Ok(())
-    }
-
-    fn push_silence(&mut self, frames: u64, out: &mut Vec<f32>) {
-        out.resize(out.len() + frames as usize, 0.0);
-        self.advance(frames as usize, self.sample_rate, true);
+        self.owe_silence(frames)
     }
 
     fn advance(&mut self, frames: usize, rate: u32, filler: bool) {
         let secs = frames as f64 / f64::from(rate.max(1));
+        if rate != self.segment_rate {
+            self.past_segments_s = self.decoded_seconds();
+            self.segment_frames = 0;
+            self.segment_rate = rate;
+        }
+        self.segment_frames += frames as u64;
         self.track_frames += frames as u64;
         self.seconds += secs;
         if filler {
@@ -415,8 +504,13 @@ impl AudioDecoder {
     /// intact?
     fn check_complete(&self) -> Result<()> {
         let decoded = self.seconds - self.filled_seconds;
-        if decoded <= 0.0 {
-            return Err(if self.decode_errors > 0 {
+        if decoded <= 1e-9 {
+            return Err(if self.nonfinite > 0 {
+                self.corrupt(format!(
+                    "every sample is NaN or infinite ({} samples): not audio data",
+                    self.nonfinite
+                ))
+            } else if self.decode_errors > 0 {
                 self.corrupt(format!(
                     "none of the {} audio packets could be decoded",
                     self.decode_errors
@@ -429,8 +523,17 @@ impl AudioDecoder {
             });
         }
         if self.filled_seconds > MAX_DAMAGED_FRACTION * self.seconds {
+            let why = if self.nonfinite > 0 {
+                format!(
+                    " ({} samples are NaN or infinite, not numbers)",
+                    self.nonfinite
+                )
+            } else {
+                String::new()
+            };
             return Err(self.corrupt(format!(
-                "only {decoded:.2} s of {:.2} s could be decoded; the rest is damaged",
+                "only {:.2} s of {:.2} s could be decoded; the rest is damaged{why}",
+                decoded.max(0.0),
                 self.seconds
             )));
         }
@@ -521,6 +624,10 @@ fn identify(path: &Path, file: &mut File) -> Result<(&'static str, bool)> {
         other => other,
     };
     match verdict {
+        Sniff::Audio("ogg") => {
+            check_ogg_codecs(path, &head)?;
+            Ok(("ogg", true))
+        }
         Sniff::Audio(container) => {
             let exact_length = match container {
                 "wav" => check_wav_header(path, &head)?,
@@ -544,6 +651,43 @@ fn identify(path: &Path, file: &mut File) -> Result<(&'static str, bool)> {
         }),
         Sniff::Id3 { .. } => Ok(("mp3", false)),
     }
+}
+
+/// An Ogg file whose streams are none that symphonia maps (Vorbis, Opus, FLAC) would
+/// otherwise look empty or corrupt to it: say which codec it holds instead.
+fn check_ogg_codecs(path: &Path, head: &[u8]) -> Result<()> {
+    let codecs = crate::container::ogg_stream_codecs(head);
+    if codecs.is_empty()
+        || codecs
+            .iter()
+            .any(|c| matches!(*c, "vorbis" | "opus" | "flac"))
+    {
+        return Ok(());
+    }
+    let audio: Vec<&str> = codecs
+        .iter()
+        .copied()
+        .filter(|c| !matches!(*c, "theora" | "skeleton" | "kate"))
+        .collect();
+    if audio.is_empty() {
+        return Err(AudioError::NoAudioTrack {
+            path: path.to_path_buf(),
+            container: "ogg".to_string(),
+        });
+    }
+    let names: Vec<&str> = audio
+        .iter()
+        .map(|c| match *c {
+            "speex" => "Speex",
+            "pcm" => "Ogg PCM",
+            _ => "an unknown codec",
+        })
+        .collect();
+    Err(AudioError::UnsupportedCodec {
+        path: path.to_path_buf(),
+        container: "ogg".to_string(),
+        codec: names.join(", "),
+    })
 }
 
 fn read_head(path: &Path, file: &mut File, offset: u64) -> Result<Vec<u8>> {
@@ -779,6 +923,21 @@ fn codec_name(codec: CodecType) -> String {
         _ => return format!("an unknown codec ({codec})"),
     };
     name.to_string()
+}
+
+/// Replaces NaN and infinite samples by silence and clamps absurd magnitudes; returns how many
+/// samples were not finite.
+fn sanitize(samples: &mut [f32]) -> usize {
+    let mut nonfinite = 0;
+    for s in samples.iter_mut() {
+        if !s.is_finite() {
+            *s = 0.0;
+            nonfinite += 1;
+        } else if s.abs() > MAX_SAMPLE_MAGNITUDE {
+            *s = s.clamp(-MAX_SAMPLE_MAGNITUDE, MAX_SAMPLE_MAGNITUDE);
+        }
+    }
+    nonfinite
 }
 
 /// Mean of all channels, plus the buffer's rate and channel count.

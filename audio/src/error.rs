@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Formats this crate can read, as quoted in error messages.
-pub const SUPPORTED_FORMATS: &str = "wav, flac, mp3, ogg/vorbis, m4a/aac";
+pub const SUPPORTED_FORMATS: &str = "wav, flac, mp3, ogg/vorbis, m4a/aac, aac (adts)";
 
 /// Everything that can go wrong between a path on disk and 48 kHz mono samples.
 ///

@@ -4,7 +4,8 @@
 //! [`StreamResampler`] keeps only its filter state, and [`Windower`] holds at most one window plus
 //! the chunk being fed. [`windows_from_file`] chains all three.
 //!
-//! Supported: WAV (8/16/24/32-bit PCM, 32/64-bit float), FLAC, MP3, Ogg Vorbis, M4A/AAC.
+//! Supported: WAV (8/16/24/32-bit PCM, 32/64-bit float), FLAC, MP3, Ogg Vorbis, M4A/AAC, ADTS
+//! AAC; [`Container`] is the list, [`sniff_container`] the check uploads make before storing.
 //!
 //! ```no_run
 //! use traum_audio::{windows_from_file, MODEL_SAMPLE_RATE, WINDOW_SAMPLES};
@@ -21,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+mod container;
 mod decode;
 mod error;
 mod resample;
@@ -28,11 +30,12 @@ mod sniff;
 mod stream;
 mod windows;
 
-pub use decode::{AudioDecoder, AudioInfo, MAX_CHANNELS, MAX_SAMPLE_RATE};
+pub use decode::{AudioDecoder, AudioInfo, MAX_CHANNELS, MAX_SAMPLE_MAGNITUDE, MAX_SAMPLE_RATE};
 pub use error::{AudioError, ErrorKind, Result, SUPPORTED_FORMATS};
 pub use resample::{
     resample_to_model_rate, StreamResampler, F_CUTOFF_DOWN, F_CUTOFF_UP, MAX_EXACT_PHASES, SINC_LEN,
 };
+pub use sniff::{sniff_container, Container, Sniffed, SNIFF_LEN};
 pub use stream::{decode_to_vec, MonoStream};
 pub use windows::{window_starts, windows_from_file, FileWindows, Window, Windower};
 

@@ -19,8 +19,143 @@ pub(crate) enum Sniff {
     Empty,
 }
 
-/// How many leading bytes [`sniff`] wants to see.
-pub(crate) const SNIFF_LEN: usize = 64 * 1024;
+/// How many leading bytes [`sniff`] (and [`sniff_container`]) want to see.
+pub const SNIFF_LEN: usize = 64 * 1024;
+
+/// A container this crate reads: the one list of formats, shared by uploads (which refuse
+/// anything else before storing it) and the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Container {
+    /// RIFF/WAVE: PCM, IEEE float, A-law, µ-law.
+    Wav,
+    /// Native FLAC (possibly behind an ID3v2 tag).
+    Flac,
+    /// MPEG audio layer III (or I/II), raw or behind an ID3v2 tag.
+    Mp3,
+    /// Ogg (Vorbis inside; other codecs are refused by the decoder with a codec error).
+    Ogg,
+    /// ISO base media (MP4, M4A, M4B) with AAC inside.
+    Mp4,
+    /// Raw AAC in ADTS frames.
+    Aac,
+}
+
+impl Container {
+    /// Every container, in the order messages list them.
+    pub const ALL: [Container; 6] = [
+        Container::Wav,
+        Container::Flac,
+        Container::Mp3,
+        Container::Ogg,
+        Container::Mp4,
+        Container::Aac,
+    ];
+
+    /// Stable lowercase name ("wav", "flac", "mp3", "ogg", "mp4", "aac").
+    pub fn name(self) -> &'static str {
+        match self {
+            Container::Wav => "wav",
+            Container::Flac => "flac",
+            Container::Mp3 => "mp3",
+            Container::Ogg => "ogg",
+            Container::Mp4 => "mp4",
+            Container::Aac => "aac",
+        }
+    }
+
+    /// The usual file name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Container::Mp4 => "m4a",
+            other => other.name(),
+        }
+    }
+
+    /// Every file name extension files of this container commonly carry.
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Container::Wav => &["wav", "wave"],
+            Container::Flac => &["flac"],
+            Container::Mp3 => &["mp3"],
+            Container::Ogg => &["ogg", "oga"],
+            Container::Mp4 => &["m4a", "m4b", "mp4"],
+            Container::Aac => &["aac", "adts"],
+        }
+    }
+
+    /// Content type for playback.
+    pub fn mime(self) -> &'static str {
+        match self {
+            Container::Wav => "audio/wav",
+            Container::Flac => "audio/flac",
+            Container::Mp3 => "audio/mpeg",
+            Container::Ogg => "audio/ogg",
+            Container::Mp4 => "audio/mp4",
+            Container::Aac => "audio/aac",
+        }
+    }
+
+    /// From [`Container::name`], or the decoder's [`AudioInfo::container`](crate::AudioInfo)
+    /// ("m4a" is MP4 too).
+    pub fn from_name(name: &str) -> Option<Container> {
+        if name == "m4a" {
+            return Some(Container::Mp4);
+        }
+        Container::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Whether `ext` (without the dot, any case) is one of [`Container::extensions`] of any
+    /// container.
+    pub fn is_audio_extension(ext: &str) -> bool {
+        let ext = ext.to_ascii_lowercase();
+        Container::ALL
+            .iter()
+            .any(|c| c.extensions().contains(&ext.as_str()))
+    }
+}
+
+/// What a file's first bytes say, for callers outside this crate (uploads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sniffed {
+    /// A container the decoder reads.
+    Audio(Container),
+    /// Zero bytes.
+    Empty,
+    /// Not something we read; what it looked like (e.g. "a PDF document").
+    Unsupported(String),
+}
+
+/// Classifies a file from its first bytes: give it up to [`SNIFF_LEN`] bytes, or the whole file
+/// if shorter. The same rules the decoder applies before it opens a file, so an upload accepted
+/// here is one the decoder tries (and one refused here, it would refuse).
+///
+/// Behind an ID3v2 tag, FLAC is recognised when the tag ends within `head`; anything else is
+/// taken for MP3 and left to the decoder to confirm (which reads past long tags itself).
+pub fn sniff_container(head: &[u8]) -> Sniffed {
+    let verdict = match sniff(head) {
+        Sniff::Id3 { len } => {
+            let behind = usize::try_from(len)
+                .ok()
+                .and_then(|len| head.get(len..))
+                .unwrap_or(&[]);
+            match sniff(behind) {
+                Sniff::Audio("flac") => Sniff::Audio("flac"),
+                _ => Sniff::Audio("mp3"),
+            }
+        }
+        other => other,
+    };
+    match verdict {
+        Sniff::Audio(name) => match Container::from_name(name) {
+            Some(c) => Sniffed::Audio(c),
+            None => Sniffed::Unsupported(format!("{name} audio")),
+        },
+        Sniff::Empty => Sniffed::Empty,
+        Sniff::OtherAudio(what) => Sniffed::Unsupported(what.to_string()),
+        Sniff::NotAudio(what) => Sniffed::Unsupported(what),
+        Sniff::Id3 { .. } => Sniffed::Audio(Container::Mp3),
+    }
+}
 
 /// Classifies a file from its first bytes (up to [`SNIFF_LEN`]).
 pub(crate) fn sniff(head: &[u8]) -> Sniff {
@@ -301,6 +436,48 @@ mod tests {
             Sniff::NotAudio("a PDF document".into())
         );
         assert!(matches!(sniff(b"FORM\0\0\0\0AIFF"), Sniff::OtherAudio(_)));
+    }
+
+    #[test]
+    fn public_sniffer_agrees_with_the_decoder() {
+        use super::{sniff_container as sc, Container as C, Sniffed as S};
+        assert_eq!(sc(b"RIFF\0\0\0\0WAVEfmt "), S::Audio(C::Wav));
+        assert_eq!(sc(b"\0\0\0\x20ftypM4B \0\0\0\0"), S::Audio(C::Mp4));
+        assert_eq!(sc(b""), S::Empty);
+        // RF64 is refused: the decoder does not read it.
+        assert!(
+            matches!(sc(b"RF64\xff\xff\xff\xffWAVEds64"), S::Unsupported(w) if w.contains("RF64"))
+        );
+        // ADTS AAC is read by the decoder, so it is accepted.
+        let mut adts = Vec::new();
+        for _ in 0..3 {
+            let len: usize = 200;
+            let mut frame = vec![0u8; len];
+            frame[..7].copy_from_slice(&[
+                0xff,
+                0xf1,
+                0x50,
+                0x80 | ((len >> 11) as u8 & 3),
+                (len >> 3) as u8,
+                ((len & 7) as u8) << 5 | 0x1f,
+                0xfc,
+            ]);
+            adts.extend(frame);
+        }
+        assert_eq!(sc(&adts), S::Audio(C::Aac));
+        // FLAC behind an ID3 tag, MP3 otherwise.
+        let mut id3_flac = b"ID3\x04\0\0\0\0\0\x02\0\0".to_vec();
+        id3_flac.extend_from_slice(b"fLaC\0\0\0\x22");
+        assert_eq!(sc(&id3_flac), S::Audio(C::Flac));
+        assert_eq!(sc(b"ID3\x04\0\0\0\0\0\x02\0\0junk"), S::Audio(C::Mp3));
+        // A huge declared tag does not overflow.
+        assert_eq!(sc(b"ID3\x04\0\0\x7f\x7f\x7f\x7f"), S::Audio(C::Mp3));
+        for c in C::ALL {
+            assert_eq!(C::from_name(c.name()), Some(c));
+            assert!(C::is_audio_extension(c.extension()));
+        }
+        assert!(C::is_audio_extension("M4B"));
+        assert!(!C::is_audio_extension("txt"));
     }
 
     #[test]

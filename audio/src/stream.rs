@@ -41,6 +41,12 @@ impl MonoStream {
         self.decoder.path()
     }
 
+    /// Seconds of audio decoded so far (filler for damaged stretches included): at the end of
+    /// the stream, the file's real length, whatever its header claimed.
+    pub fn decoded_seconds(&self) -> f64 {
+        self.decoder.decoded_seconds()
+    }
+
     /// The next chunk of 48 kHz mono samples (never empty; length varies); `Ok(None)` at the end.
     pub fn next_chunk(&mut self) -> Result<Option<Vec<f32>>> {
         if self.done {

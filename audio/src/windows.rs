@@ -223,6 +223,12 @@ impl FileWindows {
         self.stream.info()
     }
 
+    /// Seconds of audio decoded so far; once the iterator has ended, the file's decoded length
+    /// (which is what its windows cover, and may differ from a header's claim).
+    pub fn decoded_seconds(&self) -> f64 {
+        self.stream.decoded_seconds()
+    }
+
     /// The most 48 kHz samples the windower has held at once so far.
     pub fn peak_buffered(&self) -> usize {
         self.windower.peak_buffered()

@@ -7,6 +7,7 @@ use crate::api::Api;
 use crate::components::{ConnectionBanner, ConnectionDot};
 use crate::library::{Follow, LibraryView};
 use crate::live::{self, ConnState, Handlers};
+use crate::model::EventKind;
 use crate::pages::{Analytics, FileDetail, Library, NotFound, Search, System};
 use crate::platform;
 
@@ -53,6 +54,15 @@ fn start_live_connection() {
         let handlers = Handlers {
             state: Box::new(|state| *CONNECTION.write() = state),
             event: Box::new(|event| {
+                match event.kind {
+                    EventKind::Subscribed => return,
+                    // Events were dropped: refetch what is shown, as after a reconnect.
+                    EventKind::Lagged => {
+                        *RESYNC.write() += 1;
+                        return;
+                    }
+                    _ => {}
+                }
                 let follow = LIBRARY.write().apply(&event);
                 *ACTIVITY.write() += 1;
                 if let Follow::Fetch(id) = follow {
@@ -91,13 +101,6 @@ pub fn use_library_changes(min_interval_ms: u32) -> Signal<u64> {
     tick
 }
 
-const THEME_TOGGLE_JS: &str = r#"
-const root = document.documentElement;
-const next = root.dataset.theme === 'dark' ? 'light' : 'dark';
-root.dataset.theme = next;
-try { localStorage.setItem('traum-theme', next); } catch (_) {}
-"#;
-
 /// Header, navigation, connection state; the page below.
 #[component]
 fn Shell() -> Element {
@@ -134,19 +137,19 @@ fn Shell() -> Element {
                 }
             }
             div { class: "topbar-end",
+                KeyButton {}
                 ConnectionDot { state: state.clone() }
                 button {
                     class: "btn btn-ghost btn-icon",
                     title: "Switch dark / light",
                     "aria-label": "Switch between dark and light theme",
-                    onclick: move |_| {
-                        document::eval(THEME_TOGGLE_JS);
-                    },
+                    onclick: move |_| platform::toggle_theme(),
                     "◐"
                 }
             }
         }
         ConnectionBanner { state }
+        KeyPrompt {}
         main { id: "content", tabindex: "-1",
             Outlet::<Route> {}
         }
@@ -157,4 +160,107 @@ fn Shell() -> Element {
 fn same_page(a: &Route, b: &Route) -> bool {
     std::mem::discriminant(a) == std::mem::discriminant(b)
         || matches!((a, b), (Route::Library {}, Route::FileDetail { .. }))
+}
+
+/// What the server said this client may do (`access`), once asked.
+pub static ACCESS: GlobalSignal<Option<AccessState>> = Signal::global(|| None);
+
+/// The client's standing with the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessState {
+    /// `read`, `write`, `admin`; `None`: nothing without a (valid) key.
+    pub scope: Option<String>,
+    pub key_name: Option<String>,
+    /// A key is stored but the server refused it.
+    pub key_refused: bool,
+}
+
+fn load_access() {
+    spawn(async move {
+        let stored = platform::api_key().is_some();
+        let state = match Api::current().access().await {
+            Ok(a) => AccessState {
+                scope: a.scope.map(|s| format!("{s:?}").to_lowercase()),
+                key_name: a.key_name,
+                key_refused: false,
+            },
+            // A stored key the server does not know (revoked, or another server's).
+            Err(e) if e.code == "UNAUTHENTICATED" && stored => AccessState {
+                scope: None,
+                key_name: None,
+                key_refused: true,
+            },
+            Err(_) => return,
+        };
+        *ACCESS.write() = Some(state);
+    });
+}
+
+/// Asks for an API key when the server wants one (or refused the one stored).
+#[component]
+fn KeyPrompt() -> Element {
+    use_hook(load_access);
+    let mut key = use_signal(String::new);
+    let Some(access) = ACCESS() else {
+        return rsx! {};
+    };
+    if access.scope.is_some() {
+        return rsx! {};
+    }
+    rsx! {
+        form { class: "banner banner-key", role: "alert", "data-key-prompt": "true",
+            onsubmit: move |e| {
+                e.prevent_default();
+                let k = key();
+                if !k.trim().is_empty() {
+                    platform::set_api_key(Some(k.trim()));
+                    load_access();
+                }
+            },
+            if access.key_refused {
+                strong { "This server refused the stored API key. " }
+                "It may have been revoked; paste another."
+            } else {
+                strong { "This server wants an API key. " }
+                "Paste one (an admin creates keys with "
+                code { "traum keys create" }
+                ")."
+            }
+            label { class: "visually-hidden", r#for: "api-key", "API key" }
+            input {
+                id: "api-key",
+                r#type: "password",
+                autocomplete: "off",
+                placeholder: "traum_…",
+                value: "{key}",
+                oninput: move |e| key.set(e.value()),
+            }
+            button { class: "btn", r#type: "submit", "Use key" }
+        }
+    }
+}
+
+/// The key in use (name and scope), with a way to forget it.
+#[component]
+fn KeyButton() -> Element {
+    let Some(access) = ACCESS() else {
+        return rsx! {};
+    };
+    let Some(name) = access.key_name.clone() else {
+        return rsx! {};
+    };
+    let scope = access.scope.clone().unwrap_or_default();
+    rsx! {
+        button {
+            class: "btn btn-ghost key-chip",
+            title: "API key {name} ({scope}); click to forget it on this device",
+            "data-key": "{name}",
+            onclick: move |_| {
+                platform::set_api_key(None);
+                *ACCESS.write() = None;
+                load_access();
+            },
+            "🔑 {name} · {scope}"
+        }
+    }
 }

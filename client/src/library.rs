@@ -103,6 +103,10 @@ impl LibraryView {
 
     /// Applies a subscription event.
     pub fn apply(&mut self, event: &FileEvent) -> Follow {
+        // Markers about the stream itself, not about a file (the app resyncs on Lagged).
+        if matches!(event.kind, EventKind::Subscribed | EventKind::Lagged) {
+            return Follow::Nothing;
+        }
         if event.kind == EventKind::Deleted {
             self.remove(&event.file_id);
             return Follow::Nothing;

@@ -86,8 +86,14 @@ impl ServerMessage {
 /// The subscription's id on the connection.
 const SUBSCRIPTION_ID: &str = "library";
 
-pub fn connection_init() -> String {
-    json!({ "type": "connection_init", "payload": {} }).to_string()
+/// `connection_init`, with the API key when there is one (browsers cannot set headers on a
+/// WebSocket, so the key travels in the payload).
+pub fn connection_init(api_key: Option<&str>) -> String {
+    let payload = match api_key {
+        Some(key) => json!({ "Authorization": format!("Bearer {key}") }),
+        None => json!({}),
+    };
+    json!({ "type": "connection_init", "payload": payload }).to_string()
 }
 
 pub fn subscribe_library() -> String {
@@ -157,7 +163,9 @@ async fn session(
     was_subscribed: &mut bool,
 ) -> Result<(), String> {
     let mut socket = Socket::connect(url, PROTOCOL).await?;
-    socket.send(connection_init()).await?;
+    socket
+        .send(connection_init(platform::api_key().as_deref()))
+        .await?;
     while let Some(frame) = socket.next().await {
         match ServerMessage::parse(&frame?)? {
             ServerMessage::ConnectionAck => {

@@ -105,6 +105,10 @@ pub enum EventKind {
     Status,
     Progress,
     Deleted,
+    /// The subscription is live (about the stream, not a file).
+    Subscribed,
+    /// Events were dropped for this client: what it shows must be refetched.
+    Lagged,
 }
 
 /// One processing event from the subscription.

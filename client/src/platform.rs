@@ -21,6 +21,9 @@ impl PickedFile {
 /// Told bytes sent and bytes in all while an upload is under way.
 pub type Progress = Box<dyn Fn(u64, u64)>;
 
+/// Where the browser keeps the API key (GraphiQL's page reads the same entry).
+pub const API_KEY_STORAGE: &str = "traum.apiKey";
+
 /// `http://host:port` → `ws://host:port/graphql` (https → wss).
 pub fn websocket_url(base: &str) -> String {
     let rest = base
@@ -40,6 +43,25 @@ mod imp {
     use super::{PickedFile, Progress};
     use crate::api::ApiError;
 
+    /// Switches dark/light on the page and remembers the choice. Plain DOM calls, not
+    /// `eval`: the page's content security policy forbids evaluated scripts.
+    pub fn toggle_theme() {
+        let Some(window) = web_sys::window() else {
+            return;
+        };
+        let Some(root) = window.document().and_then(|d| d.document_element()) else {
+            return;
+        };
+        let next = match root.get_attribute("data-theme").as_deref() {
+            Some("dark") => "light",
+            _ => "dark",
+        };
+        let _ = root.set_attribute("data-theme", next);
+        if let Ok(Some(storage)) = window.local_storage() {
+            let _ = storage.set_item("traum-theme", next);
+        }
+    }
+
     /// The origin this page was served from.
     pub fn server_base() -> String {
         web_sys::window()
@@ -55,9 +77,37 @@ mod imp {
         ApiError::new("OFFLINE", format!("cannot reach the server ({e})"))
     }
 
+    /// The API key this browser keeps for the server (localStorage), if any.
+    pub fn api_key() -> Option<String> {
+        web_sys::window()?
+            .local_storage()
+            .ok()??
+            .get_item(super::API_KEY_STORAGE)
+            .ok()?
+            .filter(|k| !k.trim().is_empty())
+    }
+
+    /// Keeps (or, with `None`, forgets) the API key, then reloads the page so every
+    /// request and the live connection start over with it.
+    pub fn set_api_key(key: Option<&str>) {
+        let Some(window) = web_sys::window() else {
+            return;
+        };
+        if let Ok(Some(storage)) = window.local_storage() {
+            let _ = match key {
+                Some(k) => storage.set_item(super::API_KEY_STORAGE, k.trim()),
+                None => storage.remove_item(super::API_KEY_STORAGE),
+            };
+        }
+        let _ = window.location().reload();
+    }
+
     pub async fn post_json(url: &str, body: String) -> Result<(u16, String), ApiError> {
-        let response = Request::post(url)
-            .header("content-type", "application/json")
+        let mut request = Request::post(url).header("content-type", "application/json");
+        if let Some(key) = api_key() {
+            request = request.header("authorization", &format!("Bearer {key}"));
+        }
+        let response = request
             .body(body)
             .map_err(offline)?
             .send()
@@ -103,6 +153,10 @@ mod imp {
         }
         let xhr = web_sys::XmlHttpRequest::new().map_err(internal)?;
         xhr.open("POST", url).map_err(internal)?;
+        if let Some(key) = api_key() {
+            xhr.set_request_header("authorization", &format!("Bearer {key}"))
+                .map_err(internal)?;
+        }
         let (tx, rx) = futures_channel::oneshot::channel::<Result<(), String>>();
         let tx = Rc::new(RefCell::new(Some(tx)));
         let finish = |outcome: Result<(), String>| {
@@ -179,6 +233,18 @@ mod imp {
     use super::{PickedFile, Progress};
     use crate::api::ApiError;
 
+    /// Switches dark/light (the desktop webview has no content security policy).
+    pub fn toggle_theme() {
+        dioxus::prelude::document::eval(
+            r#"
+const root = document.documentElement;
+const next = root.dataset.theme === 'dark' ? 'light' : 'dark';
+root.dataset.theme = next;
+try { localStorage.setItem('traum-theme', next); } catch (_) {}
+"#,
+        );
+    }
+
     /// `TRAUM_SERVER_URL`, or a server on this machine's default port.
     pub fn server_base() -> String {
         std::env::var("TRAUM_SERVER_URL").unwrap_or_else(|_| "http://127.0.0.1:8000".into())
@@ -198,9 +264,32 @@ mod imp {
         Ok((status, text))
     }
 
+    static API_KEY: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+    /// `TRAUM_API_KEY`, or the key entered in this window.
+    pub fn api_key() -> Option<String> {
+        API_KEY
+            .lock()
+            .unwrap()
+            .clone()
+            .or_else(|| std::env::var("TRAUM_API_KEY").ok())
+            .filter(|k| !k.trim().is_empty())
+    }
+
+    /// Keeps the key for this window's requests (the next ones use it).
+    pub fn set_api_key(key: Option<&str>) {
+        *API_KEY.lock().unwrap() = key.map(|k| k.trim().to_string());
+    }
+
+    fn authorized(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match api_key() {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+
     pub async fn post_json(url: &str, body: String) -> Result<(u16, String), ApiError> {
-        let response = reqwest::Client::new()
-            .post(url)
+        let response = authorized(reqwest::Client::new().post(url))
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -235,8 +324,7 @@ mod imp {
             .file_name(name);
             form = form.part(i.to_string(), part);
         }
-        let response = reqwest::Client::new()
-            .post(url)
+        let response = authorized(reqwest::Client::new().post(url))
             .multipart(form)
             .send()
             .await

@@ -9,8 +9,10 @@
 //! SQLite (a file under the data directory) is the embedded default;
 //! PostgreSQL works through a `postgres://` URL. See [`store::connect_and_migrate`].
 
+pub mod api_key;
 pub mod audio_file;
 pub mod search_log;
+pub mod server_setting;
 pub mod store;
 
 /// The migrations, re-exported so the server needs only this crate.

@@ -63,7 +63,7 @@ async fn reload(db: &DatabaseConnection, id: Uuid) -> audio_file::Model {
     store::get(db, id).await.unwrap().expect("row exists")
 }
 
-const TABLES: [&str; 2] = ["audio_file", "search_log"];
+const TABLES: [&str; 4] = ["audio_file", "search_log", "api_key", "server_setting"];
 const INDEXES: [(&str, &str); 5] = [
     ("audio_file", "idx_audio_file_content_hash"),
     ("audio_file", "idx_audio_file_status"),
@@ -94,7 +94,7 @@ backend_tests! {
 
         Migrator::down(db, None).await.unwrap();
         assert_schema(db, false).await;
-        assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 2);
+        assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 3);
 
         Migrator::up(db, None).await.unwrap();
         assert_schema(db, true).await;
@@ -105,6 +105,10 @@ backend_tests! {
         // One step at a time, and `up` on an up-to-date schema is a no-op.
         Migrator::down(db, Some(1)).await.unwrap();
         let m = SchemaManager::new(db);
+        assert!(m.has_table("search_log").await.unwrap());
+        assert!(!m.has_table("api_key").await.unwrap());
+        assert!(!m.has_table("server_setting").await.unwrap());
+        Migrator::down(db, Some(1)).await.unwrap();
         assert!(m.has_table("audio_file").await.unwrap());
         assert!(!m.has_table("search_log").await.unwrap());
         Migrator::up(db, None).await.unwrap();
@@ -115,6 +119,38 @@ backend_tests! {
             let again = store::connect_and_migrate(&t.url).await.unwrap();
             assert_eq!(store::list(&again, &ListQuery::default()).await.unwrap().total, 1);
         }
+    }
+
+    async fn api_keys_are_hashed_found_and_revoked(t: TestDb) {
+        use entity::api_key::Scope;
+        let db = &t.db;
+        assert_eq!(store::count_live_keys(db).await.unwrap(), 0);
+        let (row, secret) = store::create_key(db, "laptop", Scope::Write).await.unwrap();
+        assert!(secret.starts_with(store::KEY_PREFIX) && secret.len() == 70, "{secret}");
+        assert!(secret.starts_with(&row.prefix));
+        // Only the hash is stored.
+        assert_eq!(row.secret_hash, store::hash_secret(&secret));
+        assert!(!row.secret_hash.contains(&secret[6..]));
+        let found = store::find_key(db, &secret).await.unwrap().unwrap();
+        assert_eq!((found.id, found.scope), (row.id, Scope::Write));
+        assert!(store::find_key(db, &format!("{secret}x")).await.unwrap().is_none());
+        let (other, _) = store::create_key(db, "ci", Scope::Read).await.unwrap();
+        assert_eq!(store::list_keys(db).await.unwrap().len(), 2);
+        assert_eq!(store::count_live_keys(db).await.unwrap(), 2);
+        assert!(store::create_key(db, "  ", Scope::Read).await.is_err());
+        // By prefix (or a longer piece of the key), by id, by the whole key.
+        let revoked = store::revoke_key(db, &secret[..18]).await.unwrap();
+        assert!(revoked.revoked_at.is_some());
+        assert!(store::find_key(db, &secret).await.unwrap().is_none());
+        assert_eq!(store::count_live_keys(db).await.unwrap(), 1);
+        store::revoke_key(db, &other.id.to_string()).await.unwrap();
+        assert!(store::revoke_key(db, "traum_").await.is_err(), "too short");
+        assert!(store::revoke_key(db, "traum_zzzzzzzz").await.is_err(), "no such key");
+        store::touch_key(db, row.id).await.unwrap();
+        // A shared setting: the first value stays.
+        let a = store::setting_or_insert(db, "k", || "one".into()).await.unwrap();
+        let b = store::setting_or_insert(db, "k", || "two".into()).await.unwrap();
+        assert_eq!((a.as_str(), b.as_str()), ("one", "one"));
     }
 
     async fn dedup_by_hash(t: TestDb) {

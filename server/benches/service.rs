@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap_model::{DeviceSpec, EmbedderOptions, Precision};
 use traum_index::{EdgeIndex, FileVectors, IndexConfig, SearchParams, VectorIndex, WindowVector};
+use traum_server::auth::{Anonymous, Auth, RateLimit, Scope};
 use traum_server::graphql::{build_schema, SchemaLimits};
 use traum_server::http::{router, HttpConfig};
 use traum_server::library::{Library, LibraryConfig};
@@ -238,8 +239,19 @@ async fn bench_graphql(args: &Args) {
     let lib: Arc<Library> = Library::open(LibraryConfig::new(dir.path()), model)
         .await
         .unwrap();
-    let schema = build_schema(lib.clone(), SchemaLimits::default());
-    let app = router(lib.clone(), schema, HttpConfig::default());
+    // Open (as on loopback without keys) and unlimited: this measures the server, not limits.
+    let auth = Auth::new(
+        lib.db.clone(),
+        Anonymous::Fixed(Some(Scope::Admin)),
+        RateLimit {
+            per_minute: 0,
+            burst: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let schema = build_schema(lib.clone(), auth.clone(), SchemaLimits::default());
+    let app = router(lib.clone(), schema, auth, HttpConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -27,6 +27,51 @@ pub enum Command {
     Schema,
     /// Print CLAP embeddings of audio files and texts, one JSON object per line.
     Embed(EmbedArgs),
+    /// Manage API keys (stored hashed in the library's database).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it (once: only its hash is stored).
+    Create(KeysCreateArgs),
+    /// List keys (never their secrets).
+    List(KeysDbArgs),
+    /// Revoke a key by id or prefix; it stops working at once.
+    Revoke(KeysRevokeArgs),
+}
+
+/// Which library's keys.
+#[derive(Debug, Clone, Args)]
+pub struct KeysDbArgs {
+    /// Data directory (for its SQLite database).
+    #[arg(long, env = "TRAUM_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Database URL (sqlite://… or postgres://…); default: SQLite in the data directory.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeysCreateArgs {
+    #[command(flatten)]
+    pub db: KeysDbArgs,
+    /// A name saying who holds the key ("laptop", "ci", "alice").
+    #[arg(long)]
+    pub name: String,
+    /// read (queries, subscriptions, playback), write (also uploads, clip searches,
+    /// delete, reprocess) or admin (also keys).
+    #[arg(long, default_value = "read")]
+    pub scope: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeysRevokeArgs {
+    #[command(flatten)]
+    pub db: KeysDbArgs,
+    /// The key's id, or its prefix as `traum keys list` shows it.
+    pub key: String,
 }
 
 /// Where the library lives and how it processes files.
@@ -50,6 +95,15 @@ pub struct LibraryArgs {
     /// Largest accepted file, in MB (10^6 bytes).
     #[arg(long, env = "TRAUM_MAX_UPLOAD_MB", default_value_t = 100)]
     pub max_upload_mb: u64,
+    /// Most gigabytes (10^9 bytes) of originals the library may store; none: no quota.
+    #[arg(long, env = "TRAUM_MAX_LIBRARY_GB")]
+    pub max_library_gb: Option<f64>,
+    /// Searches served at once; more get TOO_BUSY.
+    #[arg(long, env = "TRAUM_MAX_CONCURRENT_SEARCHES", default_value_t = 32)]
+    pub max_concurrent_searches: usize,
+    /// Longest search clip (searchByAudio), in seconds.
+    #[arg(long, env = "TRAUM_MAX_CLIP_S", default_value_t = 60.0)]
+    pub max_clip_s: f64,
     /// Interrupted processing attempts before a file is marked failed.
     #[arg(long, env = "TRAUM_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: i32,
@@ -67,10 +121,34 @@ pub struct ServeArgs {
     /// Origins allowed to call the API from a browser (comma-separated, or *).
     #[arg(long, env = "TRAUM_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// What callers without a key may do: none, read, write or admin. Default: everything
+    /// on a loopback address until the first key exists, nothing elsewhere (where the server
+    /// refuses to start without a key).
+    #[arg(long, env = "TRAUM_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: Option<String>,
+    /// Requests per minute per key (or per address without one); 0: no limit.
+    #[arg(long, env = "TRAUM_RATE_LIMIT_PER_MIN", default_value_t = 1200)]
+    pub rate_limit_per_min: u32,
+    /// Requests a caller may send at once before the per-minute rate applies.
+    #[arg(long, env = "TRAUM_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
+    /// Upload requests received at once; more get TOO_BUSY (503, Retry-After).
+    #[arg(long, env = "TRAUM_MAX_CONCURRENT_UPLOADS", default_value_t = 8)]
+    pub max_concurrent_uploads: usize,
     /// Most files in one upload request.
     #[arg(long, env = "TRAUM_MAX_FILES_PER_REQUEST", default_value_t = 32)]
     pub max_files_per_request: usize,
-    /// Deepest GraphQL query accepted.
+    /// Largest multipart request (all its files together), in MB.
+    #[arg(long, env = "TRAUM_MAX_REQUEST_MB", default_value_t = 1000)]
+    pub max_request_mb: u64,
+    /// Most operations in one batched GraphQL request.
+    #[arg(long, env = "TRAUM_MAX_BATCH_OPERATIONS", default_value_t = 16)]
+    pub max_batch_operations: usize,
+    /// GraphiQL's npm packages for GET /graphql (default: server/graphiql/node_modules,
+    /// installed by scripts/setup-web.sh).
+    #[arg(long, env = "TRAUM_GRAPHIQL_DIR")]
+    pub graphiql_dir: Option<PathBuf>,
+    /// Deepest GraphQL query accepted (introspection excepted).
     #[arg(long, env = "TRAUM_MAX_QUERY_DEPTH", default_value_t = 12)]
     pub max_query_depth: usize,
     /// Most complex GraphQL query accepted (fields, weighted by lists).

@@ -19,6 +19,15 @@ pub mod code {
     pub const EMBED_FAILED: &str = "EMBED_FAILED";
     pub const INDEX_FAILED: &str = "INDEX_FAILED";
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    pub const STORAGE_FULL: &str = "STORAGE_FULL";
+    pub const QUERY_TOO_DEEP: &str = "QUERY_TOO_DEEP";
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    pub const FORBIDDEN: &str = "FORBIDDEN";
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    pub const TOO_BUSY: &str = "TOO_BUSY";
+    pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
+    pub const QUERY_TOO_COMPLEX: &str = "QUERY_TOO_COMPLEX";
+    pub const CLIP_TOO_LONG: &str = "CLIP_TOO_LONG";
     pub const INTERNAL: &str = "INTERNAL";
 }
 
@@ -33,6 +42,8 @@ pub enum ApiError {
     },
     #[error("at most {limit} files per request, got {got}")]
     TooManyFiles { limit: usize, got: usize },
+    #[error("the request is larger than {} (the server's --max-request-mb); send fewer or smaller files per request", human_bytes(*limit))]
+    RequestTooLarge { limit: u64 },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -48,6 +59,22 @@ pub enum ApiError {
     Store(#[from] entity::store::StoreError),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The disk (or a file system quota) is full.
+    #[error("{0}")]
+    StorageFull(String),
+    #[error("this server wants an API key: send `Authorization: Bearer <key>` (over WebSocket, in connection_init); an admin creates one with `traum keys create`")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too much at once (uploads or searches in flight); try again shortly.
+    #[error("{0}")]
+    TooBusy(String),
+    /// The library's storage quota would be exceeded.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// A search clip longer than the server embeds.
+    #[error("the clip is longer than {limit_s:.0} s; search with a shorter excerpt (the server's --max-clip-s)")]
+    ClipTooLong { limit_s: f64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -60,8 +87,8 @@ pub fn rejection_message(r: &Rejection) -> String {
             human_bytes(*limit)
         ),
         Rejection::Empty => "file is empty".to_string(),
-        Rejection::UnsupportedFormat => format!(
-            "not a supported audio file (supported: {})",
+        Rejection::UnsupportedFormat { looked_like } => format!(
+            "not a supported audio file (it looks like {looked_like}; supported: {})",
             traum_audio::SUPPORTED_FORMATS
         ),
     }
@@ -71,7 +98,7 @@ pub fn rejection_code(r: &Rejection) -> &'static str {
     match r {
         Rejection::TooLarge { .. } => code::TOO_LARGE,
         Rejection::Empty => code::EMPTY,
-        Rejection::UnsupportedFormat => code::UNSUPPORTED_FORMAT,
+        Rejection::UnsupportedFormat { .. } => code::UNSUPPORTED_FORMAT,
     }
 }
 
@@ -92,15 +119,24 @@ impl ApiError {
         match self {
             ApiError::Rejected { rejection, .. } => rejection_code(rejection),
             ApiError::TooManyFiles { .. } => code::TOO_MANY_FILES,
+            ApiError::RequestTooLarge { .. } => code::TOO_LARGE,
             ApiError::NotFound(_) => code::NOT_FOUND,
             ApiError::BadRequest(_) => code::BAD_REQUEST,
             ApiError::Audio(e) => audio_error_code(e),
             ApiError::Embed(_) => code::EMBED_FAILED,
             ApiError::Index(_) => code::INDEX_FAILED,
-            ApiError::Store(entity::store::StoreError::NotFound(_)) => code::NOT_FOUND,
+            ApiError::Store(entity::store::StoreError::NotFound(_))
+            | ApiError::Store(entity::store::StoreError::Missing(_)) => code::NOT_FOUND,
+            ApiError::Store(entity::store::StoreError::InvalidArgument(_)) => code::BAD_REQUEST,
             ApiError::Store(entity::store::StoreError::InvalidCursor(_)) => code::BAD_REQUEST,
             ApiError::Store(_) => code::INTERNAL,
             ApiError::ShuttingDown => code::SHUTTING_DOWN,
+            ApiError::StorageFull(_) => code::STORAGE_FULL,
+            ApiError::Unauthenticated => code::UNAUTHENTICATED,
+            ApiError::Forbidden(_) => code::FORBIDDEN,
+            ApiError::TooBusy(_) => code::TOO_BUSY,
+            ApiError::QuotaExceeded(_) => code::QUOTA_EXCEEDED,
+            ApiError::ClipTooLong { .. } => code::CLIP_TOO_LONG,
             ApiError::Internal(_) => code::INTERNAL,
         }
     }

@@ -21,6 +21,14 @@ pub enum FileEventKind {
     Progress,
     /// Deleted: gone from the library.
     Deleted,
+    /// The first event of every subscription: from here on nothing is missed (an upload
+    /// sent after this event has arrived has all its events delivered). `fileId` is the nil
+    /// UUID.
+    Subscribed,
+    /// This subscriber fell behind and `missed` events were dropped; `fileEvents` follows with
+    /// a fresh SNAPSHOT of each of its files, `libraryEvents` subscribers should refetch what
+    /// they show. `fileId` is the nil UUID.
+    Lagged,
 }
 
 /// Processing state of a file, as the API names it.
@@ -71,6 +79,8 @@ pub struct FileEvent {
     pub windows_total: i32,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    /// Events dropped before a LAGGED event; null otherwise.
+    pub missed: Option<i32>,
     pub at: DateTime<Utc>,
 }
 
@@ -84,6 +94,7 @@ impl FileEvent {
             windows_total: row.windows_total,
             error_code: row.error_code.clone(),
             error_message: row.error_message.clone(),
+            missed: None,
             at: Utc::now(),
         }
     }
@@ -97,6 +108,22 @@ impl FileEvent {
             windows_total: total,
             error_code: None,
             error_message: None,
+            missed: None,
+            at: Utc::now(),
+        }
+    }
+
+    /// A SUBSCRIBED or LAGGED marker (about the stream, not a file).
+    pub fn marker(kind: FileEventKind, missed: Option<u64>) -> Self {
+        Self {
+            file_id: ID(Uuid::nil().to_string()),
+            kind,
+            status: ApiFileStatus::Queued,
+            windows_done: 0,
+            windows_total: 0,
+            error_code: None,
+            error_message: None,
+            missed: missed.map(|n| n.min(i32::MAX as u64) as i32),
             at: Utc::now(),
         }
     }
@@ -113,7 +140,7 @@ impl FileEvent {
 }
 
 /// The library's event channel. Slow subscribers lose the oldest events
-/// (they are told how many) rather than holding memory.
+/// (they get a LAGGED event saying how many) rather than holding memory.
 #[derive(Debug, Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<FileEvent>,

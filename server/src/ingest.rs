@@ -20,7 +20,7 @@ use crate::cli::IngestArgs;
 use crate::error::rejection_message;
 use crate::events::ApiFileStatus;
 use crate::serve::open_library;
-use crate::storage::{self, AUDIO_EXTENSIONS};
+use crate::storage::{self, has_audio_extension};
 
 /// Audio files under `paths` (files given directly are taken whatever their
 /// extension), sorted, without duplicates.
@@ -54,12 +54,6 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn has_audio_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
 /// What an import did.
 #[derive(Debug, Default)]
 pub struct IngestReport {
@@ -72,7 +66,10 @@ pub struct IngestReport {
 pub async fn run(args: IngestArgs) -> Result<ExitCode> {
     let files = find_audio_files(&args.paths)?;
     if files.is_empty() {
-        eprintln!("no audio files ({}) found", AUDIO_EXTENSIONS.join(", "));
+        eprintln!(
+            "no audio files ({}) found",
+            storage::audio_extensions().join(", ")
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let library = open_library(&args.model, &args.library).await?;

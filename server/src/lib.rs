@@ -6,6 +6,7 @@
 //! embed through the batcher, index) → `library` (search, delete) →
 //! `graphql`/`http` (out).
 
+pub mod auth;
 pub mod cli;
 pub mod embed;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod events;
 pub mod graphql;
 pub mod http;
 pub mod ingest;
+pub mod keys;
 pub mod library;
 pub mod logging;
 pub mod metrics;

@@ -43,6 +43,12 @@ pub struct LibraryConfig {
     pub lease: Duration,
     /// Largest accepted file, bytes.
     pub max_file_bytes: u64,
+    /// Longest search clip (`searchByAudio`), seconds.
+    pub max_clip_s: f64,
+    /// Most bytes of originals the library may store; none: no quota.
+    pub storage_quota_bytes: Option<u64>,
+    /// Searches served at once; more are refused with TOO_BUSY rather than queued.
+    pub max_concurrent_searches: usize,
 }
 
 impl LibraryConfig {
@@ -56,6 +62,9 @@ impl LibraryConfig {
             max_attempts: 3,
             lease: Duration::from_secs(60),
             max_file_bytes: 100_000_000,
+            max_clip_s: 60.0,
+            storage_quota_bytes: None,
+            max_concurrent_searches: 32,
         }
     }
 }
@@ -96,6 +105,8 @@ pub struct Library {
     /// a file deleted mid-processing never gets its vectors back.
     pub(crate) commit_lock: tokio::sync::Mutex<()>,
     pub shutdown: CancellationToken,
+    /// Searches in flight (bounded: overload is an error, not a queue).
+    searches: Arc<tokio::sync::Semaphore>,
     batcher_task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -153,13 +164,16 @@ impl Library {
             events: EventBus::new(4096),
             metrics,
             paths,
-            config,
             owner,
             started: Instant::now(),
             work: Notify::new(),
             active: Mutex::new(HashMap::new()),
             commit_lock: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
+            searches: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_searches.max(1),
+            )),
+            config,
             batcher_task: Mutex::new(Some(batcher_task)),
         }))
     }
@@ -167,7 +181,7 @@ impl Library {
     /// Keeps a received file: the existing row when the content is known
     /// (`created == false`), else a new `queued` row with the bytes moved into
     /// the store.
-    pub async fn add_file(&self, mut staged: StagedFile) -> Result<(FileRow, bool), ApiError> {
+    pub async fn add_file(&self, staged: StagedFile) -> Result<(FileRow, bool), ApiError> {
         if self.shutdown.is_cancelled() {
             return Err(ApiError::ShuttingDown);
         }
@@ -175,11 +189,28 @@ impl Library {
             self.metrics.uploads.with_label_values(&["duplicate"]).inc();
             return Ok((existing, false));
         }
+        if let Some(quota) = self.config.storage_quota_bytes {
+            let used = self.stored_bytes().await?;
+            if used + staged.size > quota {
+                return Err(ApiError::QuotaExceeded(format!(
+                    "{}: storing it would pass the library's quota ({} of {} used; \
+                     --max-library-gb); delete files or raise the quota",
+                    staged.original_name,
+                    crate::error::human_bytes(used),
+                    crate::error::human_bytes(quota)
+                )));
+            }
+        }
         let relative = DataPaths::relative_file_path(&staged.sha256, staged.container);
         let dest = self.paths.root.join(&relative);
-        staged
-            .keep_at(&dest)
-            .map_err(|e| ApiError::Internal(format!("cannot store {}: {e}", dest.display())))?;
+        let staged = crate::storage::blocking(move || {
+            let mut staged = staged;
+            let kept = staged
+                .keep_at(&dest)
+                .map_err(|e| crate::storage::write_error(&dest, e));
+            kept.map(|()| staged)
+        })
+        .await??;
         let new = NewAudioFile {
             original_name: staged.original_name.clone(),
             stored_path: relative.to_string_lossy().into_owned(),
@@ -200,6 +231,12 @@ impl Library {
             self.metrics.uploads.with_label_values(&["duplicate"]).inc();
         }
         Ok((row, created))
+    }
+
+    /// Bytes of originals the library holds.
+    pub async fn stored_bytes(&self) -> Result<u64, ApiError> {
+        let shares = store::composition_by_format(&self.db).await?;
+        Ok(shares.iter().map(|s| s.bytes).sum::<f64>() as u64)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<FileRow, ApiError> {
@@ -227,7 +264,12 @@ impl Library {
         self.index.delete_file(id).await?;
         let path = self.paths.resolve(&row.stored_path);
         // Another row never shares the path: it is named by the content hash.
-        if let Err(e) = std::fs::remove_file(&path) {
+        let removed = crate::storage::blocking({
+            let path = path.clone();
+            move || std::fs::remove_file(path)
+        })
+        .await?;
+        if let Err(e) = removed {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove stored file");
             }
@@ -248,6 +290,16 @@ impl Library {
             .send(FileEvent::from_row(FileEventKind::Added, &row));
         self.work.notify_waiters();
         Ok(row)
+    }
+
+    /// A slot for one search, or TOO_BUSY.
+    fn search_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.searches.clone().try_acquire_owned().map_err(|_| {
+            ApiError::TooBusy(format!(
+                "{} searches are running already; try again in a moment",
+                self.config.max_concurrent_searches
+            ))
+        })
     }
 
     /// Files for these hits, in hit order (hits whose row is gone are dropped).
@@ -301,6 +353,7 @@ impl Library {
         params: SearchParams,
     ) -> Result<SearchOutcome, ApiError> {
         let started = Instant::now();
+        let _slot = self.search_slot()?;
         let text = text.trim();
         if text.is_empty() {
             return Err(ApiError::BadRequest("the search text is empty".into()));
@@ -327,6 +380,7 @@ impl Library {
         params: SearchParams,
     ) -> Result<SearchOutcome, ApiError> {
         let started = Instant::now();
+        let _slot = self.search_slot()?;
         let name = clip.original_name.clone();
         let windows = crate::pipeline::embed_file_windows(self, &clip.tmp_path).await?;
         drop(clip);
@@ -344,6 +398,7 @@ impl Library {
         mut params: SearchParams,
     ) -> Result<SearchOutcome, ApiError> {
         let started = Instant::now();
+        let _slot = self.search_slot()?;
         let row = self.get(id).await?;
         let vector = self.index.file_vector(id).await?.ok_or_else(|| {
             ApiError::BadRequest(format!(
@@ -389,7 +444,7 @@ impl Library {
 pub(crate) fn embed_error(e: EmbedError) -> ApiError {
     match e {
         EmbedError::Stopped => ApiError::ShuttingDown,
-        EmbedError::Model(m) => ApiError::Embed(m.to_string()),
+        EmbedError::Model(m) | EmbedError::Input(m) => ApiError::Embed(m.to_string()),
     }
 }
 

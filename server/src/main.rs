@@ -20,6 +20,9 @@ fn main() -> std::process::ExitCode {
         Command::Ingest(args) => {
             runtime().and_then(|rt| rt.block_on(traum_server::ingest::run(args)))
         }
+        Command::Keys(command) => {
+            runtime().and_then(|rt| rt.block_on(traum_server::keys::run(command)))
+        }
     };
     match result {
         Ok(code) => code,

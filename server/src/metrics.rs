@@ -23,8 +23,10 @@ pub struct Metrics {
     pub search_seconds: HistogramVec,
     /// Windows and texts waiting for the model.
     pub embed_queue: IntGauge,
-    /// GraphQL requests over HTTP, by transport (`json`, `multipart`).
+    /// GraphQL requests over HTTP, by transport (`json`, `multipart`, `get`).
     pub graphql_requests: IntCounterVec,
+    /// Inputs dropped unembedded because their caller had gone (a cancelled or deleted file).
+    pub embed_skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -77,8 +79,17 @@ impl Metrics {
             &["transport"],
         )
         .unwrap();
+        let embed_skipped = IntCounterVec::new(
+            Opts::new(
+                "embed_skipped_total",
+                "Inputs dropped unembedded because their caller had gone",
+            ),
+            &["kind"],
+        )
+        .unwrap();
         for c in [
             Box::new(uploads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(embed_skipped.clone()),
             Box::new(files_processed.clone()),
             Box::new(stage_seconds.clone()),
             Box::new(batch_size.clone()),
@@ -99,6 +110,7 @@ impl Metrics {
             search_seconds,
             embed_queue,
             graphql_requests,
+            embed_skipped,
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::net::TcpListener;
 
+use crate::auth::{Anonymous, Auth, RateLimit, Scope};
 use crate::cli::{LibraryArgs, ModelArgs, ServeArgs};
 use crate::graphql::{build_schema, SchemaLimits};
 use crate::http::{router, HttpConfig};
@@ -33,6 +34,17 @@ pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryCo
     config.hop_s = args.hop_s;
     config.max_attempts = args.max_attempts.max(1);
     config.max_file_bytes = args.max_upload_mb.saturating_mul(1_000_000);
+    if !(args.max_clip_s > 0.0 && args.max_clip_s.is_finite()) {
+        bail!("--max-clip-s must be a positive number of seconds");
+    }
+    config.max_clip_s = args.max_clip_s;
+    config.max_concurrent_searches = args.max_concurrent_searches.max(1);
+    if let Some(gb) = args.max_library_gb {
+        if !(gb > 0.0 && gb.is_finite()) {
+            bail!("--max-library-gb must be a positive number");
+        }
+        config.storage_quota_bytes = Some((gb * 1e9) as u64);
+    }
     Ok(config)
 }
 
@@ -49,11 +61,52 @@ pub async fn open_library(model: &ModelArgs, args: &LibraryArgs) -> Result<Arc<L
     Ok(library)
 }
 
+/// Who may call without a key, from `--allow-anonymous` and the bind address.
+fn anonymous_policy(args: &ServeArgs) -> Result<Anonymous> {
+    match args.allow_anonymous.as_deref().map(str::trim) {
+        None | Some("") => Ok(if args.bind.ip().is_loopback() {
+            Anonymous::UntilKeysExist
+        } else {
+            Anonymous::Fixed(None)
+        }),
+        Some("none") => Ok(Anonymous::Fixed(None)),
+        Some(scope) => {
+            Ok(Anonymous::Fixed(Some(scope.parse::<Scope>().map_err(
+                |e| anyhow::anyhow!("--allow-anonymous: {e} or none"),
+            )?)))
+        }
+    }
+}
+
 pub async fn run(args: ServeArgs) -> Result<()> {
+    let anonymous = anonymous_policy(&args)?;
     let library = open_library(&args.model, &args.library).await?;
+    if anonymous == Anonymous::Fixed(None)
+        && args.allow_anonymous.is_none()
+        && entity::store::count_live_keys(&library.db).await? == 0
+    {
+        bail!(
+            "refusing to serve {} without API keys: anyone who can reach it could delete the \
+             library. Create a key first (`traum keys create --name admin --scope admin`, same \
+             --data-dir/--database-url), bind to 127.0.0.1, or allow anonymous access \
+             explicitly (--allow-anonymous read|write|admin)",
+            args.bind
+        );
+    }
+    let auth = Auth::new(
+        library.db.clone(),
+        anonymous,
+        RateLimit {
+            per_minute: args.rate_limit_per_min,
+            burst: args.rate_limit_burst,
+        },
+    )
+    .await
+    .context("setting up API keys")?;
     let workers = crate::pipeline::start_workers(&library);
     let schema = build_schema(
         library.clone(),
+        auth.clone(),
         SchemaLimits {
             max_depth: args.max_query_depth,
             max_complexity: args.max_query_complexity,
@@ -65,11 +118,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     });
     let http = HttpConfig {
         max_files_per_request: args.max_files_per_request.max(1),
+        max_request_bytes: args.max_request_mb.max(1).saturating_mul(1_000_000),
+        max_batch_operations: args.max_batch_operations.max(1),
+        graphiql_dir: args.graphiql_dir.clone(),
+        max_concurrent_uploads: args.max_concurrent_uploads.max(1),
         cors_origins: args.cors_origins.clone(),
         client_dir,
         ..HttpConfig::default()
     };
-    let app = router(library.clone(), schema, http);
+    let app = router(library.clone(), schema, auth, http);
     let listener = TcpListener::bind(args.bind)
         .await
         .with_context(|| format!("binding {}", args.bind))?;
@@ -79,6 +136,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     println!("traum listening on http://{addr}");
 
     let shutdown = library.shutdown.clone();
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");

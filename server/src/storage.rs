@@ -84,105 +84,27 @@ impl DataPaths {
     }
 }
 
-/// Audio containers the library accepts, told from the first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Container {
-    Wav,
-    Flac,
-    Mp3,
-    Ogg,
-    Mp4,
+/// Audio containers the library accepts: the decoder's own list, so an upload is refused at
+/// the door exactly when the decoder would refuse it.
+pub use traum_audio::Container;
+
+/// Bytes an upload is held back (in memory) before its type is decided.
+const SNIFF_LEN: usize = traum_audio::SNIFF_LEN;
+
+/// Whether `traum ingest` picks up a file with this name (by extension).
+pub fn has_audio_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(Container::is_audio_extension)
 }
 
-/// Bytes needed to recognise every supported container.
-const SNIFF_LEN: usize = 12;
-
-impl Container {
-    /// The container these first bytes start, if it is one we decode.
-    pub fn sniff(head: &[u8]) -> Option<Container> {
-        let at = |i: usize, magic: &[u8]| head.get(i..i + magic.len()) == Some(magic);
-        if at(0, b"RIFF") && (at(8, b"WAVE") || head.len() < 12) {
-            return Some(Container::Wav);
-        }
-        if at(0, b"RF64") {
-            return Some(Container::Wav);
-        }
-        if at(0, b"fLaC") {
-            return Some(Container::Flac);
-        }
-        if at(0, b"OggS") {
-            return Some(Container::Ogg);
-        }
-        if at(4, b"ftyp") {
-            return Some(Container::Mp4);
-        }
-        if at(0, b"ID3") {
-            return Some(Container::Mp3);
-        }
-        // An MPEG audio frame header: 11 sync bits, a version that is not
-        // "reserved", a layer that is not 00 (00 is ADTS AAC, which we do not
-        // read outside MP4).
-        if head.len() >= 2 && head[0] == 0xFF && head[1] & 0xE0 == 0xE0 {
-            let version = (head[1] >> 3) & 0b11;
-            let layer = (head[1] >> 1) & 0b11;
-            if version != 0b01 && layer != 0b00 {
-                return Some(Container::Mp3);
-            }
-        }
-        None
-    }
-
-    /// Also the file name extension used in the store.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Container::Wav => "wav",
-            Container::Flac => "flac",
-            Container::Mp3 => "mp3",
-            Container::Ogg => "ogg",
-            Container::Mp4 => "m4a",
-        }
-    }
-
-    /// What the database's `container` column says.
-    pub fn name(self) -> &'static str {
-        match self {
-            Container::Wav => "wav",
-            Container::Flac => "flac",
-            Container::Mp3 => "mp3",
-            Container::Ogg => "ogg",
-            Container::Mp4 => "mp4",
-        }
-    }
-
-    /// Content type for playback.
-    pub fn mime(self) -> &'static str {
-        match self {
-            Container::Wav => "audio/wav",
-            Container::Flac => "audio/flac",
-            Container::Mp3 => "audio/mpeg",
-            Container::Ogg => "audio/ogg",
-            Container::Mp4 => "audio/mp4",
-        }
-    }
-
-    /// From the database's `container` column.
-    pub fn from_name(name: &str) -> Option<Container> {
-        [
-            Container::Wav,
-            Container::Flac,
-            Container::Mp3,
-            Container::Ogg,
-            Container::Mp4,
-        ]
-        .into_iter()
-        .find(|c| c.name() == name)
-    }
+/// Every extension `traum ingest` picks up, for messages.
+pub fn audio_extensions() -> Vec<&'static str> {
+    Container::ALL
+        .iter()
+        .flat_map(|c| c.extensions().iter().copied())
+        .collect()
 }
-
-/// File name extensions `traum ingest` picks up.
-pub const AUDIO_EXTENSIONS: &[&str] = &[
-    "wav", "wave", "flac", "mp3", "ogg", "oga", "m4a", "mp4", "aac",
-];
 
 /// A received file, complete and hashed, waiting under `incoming/` to be
 /// kept (renamed into the store) or dropped. Dropping it removes the file.
@@ -210,6 +132,26 @@ impl StagedFile {
     }
 }
 
+impl StagedFile {
+    /// A second staged copy of the same bytes (a hard link, or a copy where links are not
+    /// possible), for one upload used by two variables. Each copy is kept or dropped alone.
+    pub fn duplicate(&self) -> std::io::Result<StagedFile> {
+        let dir = self.tmp_path.parent().unwrap_or(Path::new("."));
+        let path = dir.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        if std::fs::hard_link(&self.tmp_path, &path).is_err() {
+            std::fs::copy(&self.tmp_path, &path)?;
+        }
+        Ok(StagedFile {
+            tmp_path: path,
+            original_name: self.original_name.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size,
+            container: self.container,
+            kept: false,
+        })
+    }
+}
+
 impl Drop for StagedFile {
     fn drop(&mut self) {
         if !self.kept {
@@ -221,9 +163,14 @@ impl Drop for StagedFile {
 /// Why a file was refused while it was being received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
-    TooLarge { limit: u64 },
+    TooLarge {
+        limit: u64,
+    },
     Empty,
-    UnsupportedFormat,
+    /// Not a container we read; what it looked like instead.
+    UnsupportedFormat {
+        looked_like: String,
+    },
 }
 
 /// Receives one file: bytes in, [`StagedFile`] (or a [`Rejection`]) out.
@@ -246,9 +193,7 @@ impl StagingWriter {
     /// Starts a file under `incoming` with at most `limit` bytes.
     pub fn create(incoming: &Path, original_name: &str, limit: u64) -> Result<Self, ApiError> {
         let tmp_path = incoming.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
-        let file = File::create(&tmp_path).map_err(|e| {
-            ApiError::Internal(format!("cannot write to {}: {e}", tmp_path.display()))
-        })?;
+        let file = File::create(&tmp_path).map_err(|e| write_error(&tmp_path, e))?;
         Ok(Self {
             tmp_path,
             out: Some(BufWriter::with_capacity(256 * 1024, file)),
@@ -309,15 +254,19 @@ impl StagingWriter {
 
     /// Decides the container from the buffered head and writes it out.
     fn absorb_head(&mut self) -> Result<(), ApiError> {
-        match Container::sniff(&self.head) {
-            Some(c) => {
+        match traum_audio::sniff_container(&self.head) {
+            traum_audio::Sniffed::Audio(c) => {
                 self.container = Some(c);
                 let head = std::mem::take(&mut self.head);
                 self.hasher.update(&head);
                 self.write_out(&head)
             }
-            None => {
-                self.reject(Rejection::UnsupportedFormat);
+            traum_audio::Sniffed::Empty => {
+                self.reject(Rejection::Empty);
+                Ok(())
+            }
+            traum_audio::Sniffed::Unsupported(looked_like) => {
+                self.reject(Rejection::UnsupportedFormat { looked_like });
                 Ok(())
             }
         }
@@ -325,9 +274,12 @@ impl StagingWriter {
 
     fn write_out(&mut self, bytes: &[u8]) -> Result<(), ApiError> {
         if let Some(out) = self.out.as_mut() {
-            out.write_all(bytes).map_err(|e| {
-                ApiError::Internal(format!("cannot write {}: {e}", self.tmp_path.display()))
-            })?;
+            if let Err(e) = out.write_all(bytes) {
+                // Nothing half-stored: the partial file goes now, not at drop.
+                self.out = None;
+                let _ = std::fs::remove_file(&self.tmp_path);
+                return Err(write_error(&self.tmp_path, e));
+            }
         }
         Ok(())
     }
@@ -346,10 +298,11 @@ impl StagingWriter {
             return Ok(Err(r));
         }
         let out = self.out.take().expect("an accepted file has its writer");
-        let file = out.into_inner().map_err(|e| {
-            ApiError::Internal(format!("cannot write {}: {e}", self.tmp_path.display()))
-        })?;
-        drop(file);
+        let file = out.into_inner().map_err(|e| e.into_error());
+        if let Err(e) = file.and_then(|f| f.sync_data().map(|()| f)) {
+            let _ = std::fs::remove_file(&self.tmp_path);
+            return Err(write_error(&self.tmp_path, e));
+        }
         let staged = StagedFile {
             tmp_path: std::mem::take(&mut self.tmp_path),
             original_name: std::mem::take(&mut self.original_name),
@@ -370,6 +323,100 @@ impl Drop for StagingWriter {
             let _ = std::fs::remove_file(&self.tmp_path);
         }
     }
+}
+
+/// A write into the data directory failed; a full disk (or quota) says so.
+pub fn write_error(path: &Path, e: std::io::Error) -> ApiError {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            tracing::error!(path = %path.display(), "the data directory's disk is full");
+            ApiError::StorageFull(
+                "the server's disk is full; nothing of this upload was stored. Free space on \
+                 the server (or move its data directory), then upload again"
+                    .to_string(),
+            )
+        }
+        _ => ApiError::Internal(format!("cannot write {}: {e}", path.display())),
+    }
+}
+
+/// A [`StagingWriter`] for async callers: bytes gather in memory up to a buffer's worth, then
+/// are written on a blocking thread, so uploads never block the runtime's threads on disk.
+pub struct AsyncStagingWriter {
+    inner: Option<StagingWriter>,
+    buf: Vec<u8>,
+}
+
+const ASYNC_WRITE_BUF: usize = 256 * 1024;
+
+impl AsyncStagingWriter {
+    pub async fn create(
+        incoming: &Path,
+        original_name: &str,
+        limit: u64,
+    ) -> Result<Self, ApiError> {
+        let incoming = incoming.to_path_buf();
+        let name = original_name.to_string();
+        let inner = blocking(move || StagingWriter::create(&incoming, &name, limit)).await??;
+        Ok(Self {
+            inner: Some(inner),
+            buf: Vec::with_capacity(ASYNC_WRITE_BUF),
+        })
+    }
+
+    /// Takes the next bytes (written once a buffer's worth has gathered).
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), ApiError> {
+        if self.is_rejected() {
+            // Count, drop: the part is skipped without storing anything.
+            return self.inner_mut().write(chunk);
+        }
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() >= ASYNC_WRITE_BUF {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub fn is_rejected(&self) -> bool {
+        self.inner.as_ref().is_some_and(|w| w.rejection().is_some())
+    }
+
+    fn inner_mut(&mut self) -> &mut StagingWriter {
+        self.inner
+            .as_mut()
+            .expect("the writer is back after each write")
+    }
+
+    async fn flush(&mut self) -> Result<(), ApiError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::replace(&mut self.buf, Vec::with_capacity(ASYNC_WRITE_BUF));
+        let mut writer = self.inner.take().expect("one write at a time");
+        let (writer, result) = blocking(move || {
+            let r = writer.write(&buf);
+            (writer, r)
+        })
+        .await?;
+        self.inner = Some(writer);
+        result
+    }
+
+    /// The whole file has arrived.
+    pub async fn finish(mut self) -> Result<Result<StagedFile, Rejection>, ApiError> {
+        self.flush().await?;
+        let writer = self.inner.take().expect("one write at a time");
+        blocking(move || writer.finish()).await?
+    }
+}
+
+/// Runs blocking file work off the async runtime's threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("file task failed: {e}")))
 }
 
 /// Streams a file from disk through a [`StagingWriter`] (for `traum ingest`
@@ -432,30 +479,6 @@ pub fn sanitize_name(name: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sniffs_supported_containers() {
-        assert_eq!(
-            Container::sniff(b"RIFF\0\0\0\0WAVEfmt "),
-            Some(Container::Wav)
-        );
-        assert_eq!(Container::sniff(b"fLaC\0\0\0\x22"), Some(Container::Flac));
-        assert_eq!(Container::sniff(b"OggS\0\x02"), Some(Container::Ogg));
-        assert_eq!(
-            Container::sniff(b"\0\0\0\x20ftypM4A "),
-            Some(Container::Mp4)
-        );
-        assert_eq!(Container::sniff(b"ID3\x04\0"), Some(Container::Mp3));
-        assert_eq!(
-            Container::sniff(&[0xFF, 0xFB, 0x90, 0x64]),
-            Some(Container::Mp3)
-        );
-        // ADTS AAC (layer 00) and text are refused.
-        assert_eq!(Container::sniff(&[0xFF, 0xF1, 0x50, 0x80]), None);
-        assert_eq!(Container::sniff(b"hello world!"), None);
-        assert_eq!(Container::sniff(b"%PDF-1.7\n"), None);
-        assert_eq!(Container::sniff(b"RIFF\0\0\0\0AVI LIST"), None);
-    }
-
     fn stage(bytes: &[u8], chunk: usize, limit: u64) -> Result<StagedFile, Rejection> {
         let dir = tempfile::tempdir().unwrap();
         let mut w = StagingWriter::create(dir.path(), "a.wav", limit).unwrap();
@@ -485,9 +508,11 @@ mod tests {
     #[test]
     fn hashes_and_keeps_every_byte_in_any_chunking() {
         let mut bytes = b"RIFF\x24\0\0\0WAVEfmt ".to_vec();
+        // Past the sniff length too, so the held-back head and the rest meet in every chunking.
+        bytes.extend((0..70_000u32).map(|i| (i % 13) as u8));
         bytes.extend((0..10_000u32).map(|i| (i % 251) as u8));
         let expected = hex::encode(Sha256::digest(&bytes));
-        for chunk in [1, 3, 11, 12, 13, 4096, 1 << 20] {
+        for chunk in [7, 11, 12, 13, 4096, 65_536, 65_537, 1 << 20] {
             let s = stage(&bytes, chunk, 1 << 20).unwrap();
             assert_eq!(s.sha256, expected, "chunk {chunk}");
             assert_eq!(s.size, bytes.len() as u64);
@@ -508,13 +533,20 @@ mod tests {
         assert_eq!(stage(b"", 10, 100).unwrap_err(), Rejection::Empty);
         assert_eq!(
             stage(b"just some text, not audio", 4, 100).unwrap_err(),
-            Rejection::UnsupportedFormat
+            Rejection::UnsupportedFormat {
+                looked_like: "plain text".into()
+            }
         );
-        assert_eq!(stage(b"RIFF", 4, 100).unwrap().container, Container::Wav);
-        assert_eq!(
-            stage(b"abc", 4, 100).unwrap_err(),
-            Rejection::UnsupportedFormat
+        // RF64 is refused (the decoder does not read it), with what it looked like.
+        let rf64 = stage(b"RF64\xff\xff\xff\xffWAVEds64", 4, 100).unwrap_err();
+        assert!(
+            matches!(&rf64, Rejection::UnsupportedFormat { looked_like } if looked_like.contains("RF64")),
+            "{rf64:?}"
         );
+        assert!(matches!(
+            stage(b"\x01\x02\x03", 4, 100).unwrap_err(),
+            Rejection::UnsupportedFormat { .. }
+        ));
     }
 
     #[test]

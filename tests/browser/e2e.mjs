@@ -278,6 +278,56 @@ async function main() {
       await page.waitForSelector('h1:text("Library")');
     });
 
+    await step(page, 'GraphiQL loads from this server and runs a query', async () => {
+      const foreign = [];
+      const onRequest = (r) => { if (!r.url().startsWith(base) && !r.url().startsWith('data:')) foreign.push(r.url()); };
+      page.on('request', onRequest);
+      await page.setViewportSize({ width: 1280, height: 860 });
+      await page.goto(`${base}/graphql`);
+      await page.waitForSelector('.graphiql-container');
+      // The schema arrived (graphql-js's introspection query passed the depth limit).
+      await page.click('button[aria-label="Show Documentation Explorer"]');
+      await page.waitForSelector('.graphiql-doc-explorer >> text=Query');
+      await page.click('.graphiql-execute-button');
+      await page.waitForFunction(() => (document.querySelector('.result-window')?.textContent || '').includes('"search"'));
+      await shot(page, 'graphiql');
+      page.off('request', onRequest);
+      if (foreign.length) throw new Error(`GraphiQL fetched from elsewhere: ${foreign.join(', ')}`);
+    });
+
+    await step(page, 'a server that wants a key: the page asks, then works with it', async () => {
+      // The first key closes the (loopback) server to anonymous callers at once.
+      const out = await new Promise((resolve, reject) => {
+        const c = spawn(BIN, ['keys', 'create', '--name', 'browser', '--scope', 'write', '--data-dir', DATA],
+          { stdio: ['ignore', 'pipe', 'pipe'] });
+        let stdout = '';
+        c.stdout.on('data', (d) => { stdout += d.toString(); });
+        c.once('exit', (code) => (code === 0 ? resolve(stdout.trim()) : reject(new Error(`keys create exited ${code}`))));
+      });
+      if (!out.startsWith('traum_')) throw new Error(`no key printed: ${out}`);
+      await page.goto(base);
+      await page.waitForSelector('[data-key-prompt=true]');
+      await shot(page, 'key-prompt', false);
+      await page.fill('#api-key', out);
+      await page.click('[data-key-prompt=true] button[type=submit]');
+      await page.waitForSelector('[data-key="browser"]');
+      await page.waitForFunction(() => document.querySelectorAll('li.file').length === 2);
+      await page.waitForSelector('[data-conn="Live"]');
+      // Playback goes through a signed URL, not the key.
+      const src = await page.evaluate(async () => {
+        const r = await fetch('/graphql', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${localStorage.getItem('traum.apiKey')}` },
+          body: JSON.stringify({ query: '{ files(first: 1) { edges { node { url } } } }' }),
+        });
+        return (await r.json()).data.files.edges[0].node.url;
+      });
+      if (!/sig=/.test(src)) throw new Error(`file url is not signed: ${src}`);
+      const played = await page.evaluate(async (u) => (await fetch(u, { headers: { range: 'bytes=0-15' } })).status, src);
+      if (played !== 206) throw new Error(`signed URL answered ${played}`);
+      await shot(page, 'library-with-key');
+    });
+
     const unexpected = consoleErrors.filter((e) => !/ERR_CONNECTION_REFUSED|WebSocket|Failed to load resource/.test(e));
     if (unexpected.length) throw new Error(`console errors:\n${unexpected.join('\n')}`);
     console.log(`screenshots:\n${shots.join('\n')}`);

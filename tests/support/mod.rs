@@ -53,6 +53,9 @@ pub struct Server {
 pub struct Options {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Run the server with its data directory on a tmpfs of this size, in a mount namespace
+    /// of its own (`unshare -m`; root only).
+    pub tmpfs: Option<String>,
 }
 
 impl Options {
@@ -62,6 +65,10 @@ impl Options {
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn tmpfs(mut self, size: &str) -> Self {
+        self.tmpfs = Some(size.into());
         self
     }
 }
@@ -79,7 +86,19 @@ impl Server {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut cmd = Command::new(traum());
+        let mut cmd = match &options.tmpfs {
+            None => Command::new(traum()),
+            Some(size) => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "sh", "-c"])
+                    .arg(format!(
+                        "mount -t tmpfs -o size={size} tmpfs \"$0\" && exec \"$@\""
+                    ))
+                    .arg(data_dir)
+                    .arg(traum());
+                c
+            }
+        };
         cmd.arg("serve")
             .arg("--bind")
             .arg("127.0.0.1:0")
@@ -120,6 +139,22 @@ impl Server {
             log,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// The server process's resident memory now and at its peak, KiB (Linux).
+    pub fn rss_kib(&self) -> Option<(u64, u64)> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
     }
 
     pub fn log(&self) -> String {
@@ -253,6 +288,18 @@ impl Server {
         Subscription::open(&self.base, query, variables, Protocol::TransportWs).await
     }
 
+    /// Opens a subscription and waits for its SUBSCRIBED event (the query must select
+    /// `kind`): from then on no event is missed, so the caller may act at once.
+    pub async fn subscribe_live(&self, query: &str, field: &str) -> Subscription {
+        let mut sub = self.subscribe(query, json!({})).await;
+        let first = sub
+            .next_timeout(Duration::from_secs(30))
+            .await
+            .expect("the subscription's first event");
+        assert_eq!(first[field]["kind"], "SUBSCRIBED", "{first:#}");
+        sub
+    }
+
     pub async fn health(&self) -> Value {
         self.query(
             "{ health { status version model { id device dtype loaded embeddingDim } vectorStore { kind files windows points } queue { queued processing indexed failed embedPending } } }",
@@ -308,6 +355,20 @@ pub struct Subscription {
 
 impl Subscription {
     pub async fn open(base: &str, query: &str, variables: Value, protocol: Protocol) -> Self {
+        Self::try_open(base, query, variables, protocol, json!({}))
+            .await
+            .unwrap_or_else(|e| panic!("subscription refused: {e}"))
+    }
+
+    /// Opens a subscription with this `connection_init` payload; `Err` if the server
+    /// refuses the connection (closes it, or answers `connection_error`).
+    pub async fn try_open(
+        base: &str,
+        query: &str,
+        variables: Value,
+        protocol: Protocol,
+        init_payload: Value,
+    ) -> Result<Self, String> {
         let url = format!("{}/graphql", base.replacen("http", "ws", 1));
         let mut req = url.into_client_request().unwrap();
         let name = match protocol {
@@ -324,21 +385,27 @@ impl Subscription {
             Some(name)
         );
         ws.send(Message::text(
-            json!({"type": "connection_init", "payload": {}}).to_string(),
+            json!({"type": "connection_init", "payload": init_payload}).to_string(),
         ))
         .await
         .unwrap();
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
                 .await
-                .expect("connection_ack in time")
-                .unwrap()
-                .unwrap();
-            if let Message::Text(t) = msg {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["type"] == "connection_ack" {
-                    break;
+                .map_err(|_| "no connection_ack in time".to_string())?
+                .ok_or("connection closed")?
+                .map_err(|e| e.to_string())?;
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    match v["type"].as_str() {
+                        Some("connection_ack") => break,
+                        Some("connection_error") => return Err(format!("{v}")),
+                        _ => {}
+                    }
                 }
+                Message::Close(frame) => return Err(format!("closed: {frame:?}")),
+                _ => {}
             }
         }
         let start = match protocol {
@@ -351,7 +418,34 @@ impl Subscription {
         ))
         .await
         .unwrap();
-        Self { ws, protocol }
+        Ok(Self { ws, protocol })
+    }
+
+    /// The next `data`; `Err` with the server's error message (or why the stream ended).
+    pub async fn next_result(&mut self, timeout: Duration) -> Result<Value, String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .ok_or("connection closed")?
+                .map_err(|e| e.to_string())?;
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    match v["type"].as_str() {
+                        Some("next" | "data") if v["payload"]["errors"].is_null() => {
+                            return Ok(v["payload"]["data"].clone())
+                        }
+                        Some("next" | "data" | "error") => return Err(format!("{v}")),
+                        Some("complete") => return Err("completed".into()),
+                        _ => {}
+                    }
+                }
+                Message::Close(frame) => return Err(format!("closed: {frame:?}")),
+                _ => {}
+            }
+        }
     }
 
     /// The next `data` of the subscription, or `None` on timeout or end.

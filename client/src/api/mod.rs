@@ -26,6 +26,7 @@ macro_rules! operation {
     };
 }
 
+operation!(Access);
 operation!(Health);
 operation!(Files);
 operation!(FileById);
@@ -184,6 +185,11 @@ impl Api {
             platform::post_multipart(&self.graphql_url(), operations, map, files, on_progress)
                 .await?;
         decode(status, &text)
+    }
+
+    /// What this client's key (or no key) may do here.
+    pub async fn access(&self) -> Result<access::AccessAccess, ApiError> {
+        Ok(self.run::<Access>(access::Variables).await?.access)
     }
 
     pub async fn health(&self) -> Result<health::HealthHealth, ApiError> {
@@ -419,6 +425,8 @@ impl From<library_events::LibraryEventsLibraryEvents> for FileEvent {
                 K::STATUS | K::Other(_) => EventKind::Status,
                 K::PROGRESS => EventKind::Progress,
                 K::DELETED => EventKind::Deleted,
+                K::SUBSCRIBED => EventKind::Subscribed,
+                K::LAGGED => EventKind::Lagged,
             },
             status: e.status.into(),
             windows_done: e.windows_done,

@@ -248,6 +248,26 @@ pub async fn set_media_info(db: &DatabaseConnection, id: Uuid, info: &MediaInfo)
     .await
 }
 
+/// What decoding found, replacing the header's claims: the decoded length (what the windows
+/// cover), and the container when the decoder saw another one than the upload's sniff.
+pub async fn set_decoded(
+    db: &DatabaseConnection,
+    id: Uuid,
+    duration_s: f64,
+    container: Option<&str>,
+) -> Result<Model> {
+    if !duration_s.is_finite() || duration_s < 0.0 {
+        return Err(StoreError::InvalidArgument(format!(
+            "decoded duration {duration_s}"
+        )));
+    }
+    let mut sets = vec![(Column::DurationS, Expr::value(duration_s))];
+    if let Some(c) = container {
+        sets.push((Column::Container, Expr::value(c)));
+    }
+    update_by_id(db, id, sets).await
+}
+
 /// Records embedding progress: `windows_done` of `windows_total`.
 pub async fn set_progress(
     db: &DatabaseConnection,

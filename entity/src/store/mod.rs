@@ -25,13 +25,18 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use uuid::Uuid;
 
 pub mod files;
+pub mod keys;
 pub mod searches;
 
 pub use files::{
     claim_next, composition_by_format, count_by_status, delete, fail, get, get_by_hash, get_many,
     id_for_hash, insert_or_get_by_hash, list, mark_indexed, release, release_owner, renew_lease,
-    requeue_interrupted, set_media_info, set_progress, set_status, Cursor, FormatShare, ListQuery,
-    MediaInfo, NewAudioFile, Page, RequeueReport, SortOrder, StatusCounts,
+    requeue_interrupted, set_decoded, set_media_info, set_progress, set_status, Cursor,
+    FormatShare, ListQuery, MediaInfo, NewAudioFile, Page, RequeueReport, SortOrder, StatusCounts,
+};
+pub use keys::{
+    count_live_keys, create_key, find_key, hash_secret, list_keys, revoke_key, setting_or_insert,
+    touch_key, KEY_PREFIX,
 };
 pub use searches::{
     count_searches, log_search, recent_searches, search_stats, NewSearch, SearchStats,
@@ -57,6 +62,9 @@ pub enum StoreError {
     /// An argument out of range (a negative count, a lease too long, …).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Something else named by the caller (an API key, a setting) does not exist.
+    #[error("{0}")]
+    Missing(String),
     /// The SQLite file's directory could not be created.
     #[error("cannot create the database directory {}: {source}", path.display())]
     CreateDir {

@@ -1,7 +1,10 @@
 //! The GraphQL API: schema built once, SDL exported from code
 //! (`traum schema`, kept equal to `schema.graphql` by a test).
 
+mod limits;
 pub mod types;
+
+pub use limits::{document_depth, DepthLimit};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -14,10 +17,12 @@ use async_graphql::{
 use chrono::{DateTime, Utc};
 use entity::store::{self, Cursor, ListQuery, SortOrder};
 use futures_util::StreamExt;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 use traum_index::SearchParams;
 use uuid::Uuid;
 
+use crate::auth::{Auth, Caller, Need, Scope};
 use crate::error::{ApiError, GqlResult};
 use crate::events::{ApiFileStatus, FileEvent, FileEventKind};
 use crate::library::Library;
@@ -42,11 +47,27 @@ impl Default for SchemaLimits {
     }
 }
 
-/// The schema, with the library in its data.
-pub fn build_schema(library: Arc<Library>, limits: SchemaLimits) -> TraumSchema {
+/// The schema, with the library and the authenticator in its data. Every request adds its
+/// [`Caller`]; fields check its scope with [`Need`] guards.
+pub fn build_schema(library: Arc<Library>, auth: Arc<Auth>, limits: SchemaLimits) -> TraumSchema {
     Schema::build(Query, Mutation, Subscription)
         .data(library)
-        .limit_depth(limits.max_depth)
+        .data(auth)
+        .extension(DepthLimit {
+            max: limits.max_depth,
+        })
+        .limit_complexity(limits.max_complexity)
+        .finish()
+}
+
+/// The schema with its limits but no library: requests parse, validate and meet the depth
+/// and complexity limits exactly as in the server; resolvers fail (no data). For the
+/// GraphQL fuzz target.
+pub fn schema_without_data(limits: SchemaLimits) -> TraumSchema {
+    Schema::build(Query, Mutation, Subscription)
+        .extension(DepthLimit {
+            max: limits.max_depth,
+        })
         .limit_complexity(limits.max_complexity)
         .finish()
 }
@@ -72,6 +93,27 @@ pub enum Received {
         filename: String,
         rejection: Rejection,
     },
+}
+
+impl Received {
+    /// The same upload again, for a second variable mapped to the same file part.
+    pub async fn duplicate(&self) -> Result<Received, ApiError> {
+        match self {
+            // One link(2): cheap, but still file system work, so not on an async thread.
+            Received::Staged(staged) => tokio::task::block_in_place(|| staged.duplicate())
+                .map(Received::Staged)
+                .map_err(|e| {
+                    ApiError::Internal(format!("cannot link {}: {e}", staged.tmp_path.display()))
+                }),
+            Received::Rejected {
+                filename,
+                rejection,
+            } => Ok(Received::Rejected {
+                filename: filename.clone(),
+                rejection: rejection.clone(),
+            }),
+        }
+    }
 }
 
 fn library<'a>(ctx: &Context<'a>) -> Result<&'a Arc<Library>> {
@@ -152,6 +194,7 @@ pub struct FilesTotal {
 #[Object]
 impl Query {
     /// Is the server ready, and what is it running.
+    #[graphql(guard = "Need(Scope::Read)")]
     async fn health(&self, ctx: &Context<'_>) -> Result<Health> {
         let lib = library(ctx)?;
         let counts = store::count_by_status(&lib.db).await.gql()?;
@@ -192,6 +235,7 @@ impl Query {
     }
 
     /// One file, or null if there is none with this id.
+    #[graphql(guard = "Need(Scope::Read)")]
     async fn file(&self, ctx: &Context<'_>, id: ID) -> Result<Option<AudioFile>> {
         let lib = library(ctx)?;
         let id = parse_id(&id).gql()?;
@@ -199,6 +243,7 @@ impl Query {
     }
 
     /// The library, a page at a time (Relay cursor connection).
+    #[graphql(guard = "Need(Scope::Read)")]
     async fn files(
         &self,
         ctx: &Context<'_>,
@@ -235,6 +280,7 @@ impl Query {
     }
 
     /// Files that sound like the text, best first, one result per file.
+    #[graphql(guard = "Need(Scope::Read)")]
     async fn search(
         &self,
         ctx: &Context<'_>,
@@ -250,6 +296,7 @@ impl Query {
     }
 
     /// Files that sound like this file ("more like this"), never itself.
+    #[graphql(guard = "Need(Scope::Read)")]
     async fn similar(
         &self,
         ctx: &Context<'_>,
@@ -266,6 +313,7 @@ impl Query {
     }
 
     /// Searches per kind and their latency (all time, or since a moment).
+    #[graphql(guard = "Need(Scope::Read)")]
     async fn search_stats(
         &self,
         ctx: &Context<'_>,
@@ -284,6 +332,7 @@ impl Query {
     }
 
     /// The latest searches, newest first.
+    #[graphql(guard = "Need(Scope::Read)")]
     async fn recent_searches(
         &self,
         ctx: &Context<'_>,
@@ -294,8 +343,32 @@ impl Query {
         Ok(rows.into_iter().map(SearchLogEntry).collect())
     }
 
+    /// What the caller may do, and whether this server wants a key (no scope needed: the
+    /// web client asks for a key when `scope` is null).
+    async fn access(&self, ctx: &Context<'_>) -> Result<Access> {
+        let auth = ctx.data::<Arc<Auth>>()?;
+        let caller = ctx.data_opt::<Caller>();
+        Ok(Access {
+            scope: caller.and_then(|c| c.scope).map(ApiScope::from),
+            key_name: caller.and_then(|c| c.key.as_ref()).map(|k| k.name.clone()),
+            key_prefix: caller
+                .and_then(|c| c.key.as_ref())
+                .map(|k| k.prefix.clone()),
+            keys_required: auth.keys_required().await,
+        })
+    }
+
+    /// Every API key (never their secrets), newest first.
+    #[graphql(guard = "Need(Scope::Admin)")]
+    async fn api_keys(&self, ctx: &Context<'_>) -> Result<Vec<ApiKeyInfo>> {
+        let lib = library(ctx)?;
+        let keys = store::list_keys(&lib.db).await.gql()?;
+        Ok(keys.into_iter().map(ApiKeyInfo).collect())
+    }
+
     /// What the library holds: files, bytes and seconds of audio, in all
     /// and per container.
+    #[graphql(guard = "Need(Scope::Read)")]
     async fn library_stats(&self, ctx: &Context<'_>) -> Result<LibraryStats> {
         let lib = library(ctx)?;
         let shares = store::composition_by_format(&lib.db).await.gql()?;
@@ -309,6 +382,7 @@ pub struct Mutation;
 impl Mutation {
     /// Adds a file (GraphQL multipart request). The same content uploaded
     /// again returns the file already in the library.
+    #[graphql(guard = "Need(Scope::Write)")]
     async fn upload_file(&self, ctx: &Context<'_>, file: Upload) -> Result<AudioFile> {
         let lib = library(ctx)?;
         let staged = staged_upload(ctx, &file).gql()?;
@@ -317,6 +391,7 @@ impl Mutation {
     }
 
     /// Adds several files; each succeeds or fails on its own.
+    #[graphql(guard = "Need(Scope::Write)")]
     async fn upload_files(
         &self,
         ctx: &Context<'_>,
@@ -356,6 +431,7 @@ impl Mutation {
     }
 
     /// Files that sound like an uploaded clip (the clip is not kept).
+    #[graphql(guard = "Need(Scope::Write)")]
     async fn search_by_audio(
         &self,
         ctx: &Context<'_>,
@@ -373,6 +449,7 @@ impl Mutation {
 
     /// Removes a file: its row, its stored bytes and all its vectors. Safe
     /// while it is processing. Returns the id.
+    #[graphql(guard = "Need(Scope::Write)")]
     async fn delete_file(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
         let lib = library(ctx)?;
         let uuid = parse_id(&id).gql()?;
@@ -380,7 +457,36 @@ impl Mutation {
         Ok(id)
     }
 
+    /// Creates an API key. The secret is in this answer only: it is stored hashed.
+    #[graphql(guard = "Need(Scope::Admin)")]
+    async fn create_api_key(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        scope: ApiScope,
+    ) -> Result<CreatedApiKey> {
+        let lib = library(ctx)?;
+        let (row, secret) = store::create_key(&lib.db, &name, scope.into())
+            .await
+            .gql()?;
+        tracing::info!(name = %row.name, prefix = %row.prefix, scope = %row.scope, "API key created");
+        Ok(CreatedApiKey {
+            key: ApiKeyInfo(row),
+            secret,
+        })
+    }
+
+    /// Revokes an API key (by id, or by its prefix); it stops working at once.
+    #[graphql(guard = "Need(Scope::Admin)")]
+    async fn revoke_api_key(&self, ctx: &Context<'_>, id: String) -> Result<ApiKeyInfo> {
+        let lib = library(ctx)?;
+        let row = store::revoke_key(&lib.db, &id).await.gql()?;
+        tracing::info!(name = %row.name, prefix = %row.prefix, "API key revoked");
+        Ok(ApiKeyInfo(row))
+    }
+
     /// Processes a file again (e.g. after a failure).
+    #[graphql(guard = "Need(Scope::Write)")]
     async fn reprocess_file(&self, ctx: &Context<'_>, id: ID) -> Result<AudioFile> {
         let lib = library(ctx)?;
         let uuid = parse_id(&id).gql()?;
@@ -392,8 +498,10 @@ pub struct Subscription;
 
 #[Subscription]
 impl Subscription {
-    /// Processing events of the given files: first each file's current
-    /// state (kind SNAPSHOT; DELETED for an unknown id), then every change.
+    /// Processing events of the given files: first SUBSCRIBED, then each file's current
+    /// state (kind SNAPSHOT; DELETED for an unknown id), then every change. A subscriber that
+    /// falls behind gets LAGGED and fresh snapshots instead of a silent gap.
+    #[graphql(guard = "Need(Scope::Read)")]
     async fn file_events(
         &self,
         ctx: &Context<'_>,
@@ -401,56 +509,96 @@ impl Subscription {
     ) -> Result<impl Stream<Item = FileEvent>> {
         let lib = library(ctx)?.clone();
         let wanted: HashSet<Uuid> = ids.iter().map(parse_id).collect::<Result<_, _>>().gql()?;
+        if wanted.len() > MAX_SUBSCRIBED_FILES {
+            return Err(ApiError::BadRequest(format!(
+                "at most {MAX_SUBSCRIBED_FILES} files per fileEvents subscription, got {}",
+                wanted.len()
+            )))
+            .gql();
+        }
+        let wanted = Arc::new(wanted);
         // Subscribe before reading the snapshots, so nothing falls between.
         let live = BroadcastStream::new(lib.events.subscribe());
-        let ids: Vec<Uuid> = wanted.iter().copied().collect();
-        let mut rows = store::get_many(&lib.db, &ids).await.gql()?;
-        let mut snapshots = Vec::with_capacity(wanted.len());
-        for id in &wanted {
-            match rows.remove(id) {
-                Some(row) => snapshots.push(FileEvent::from_row(FileEventKind::Snapshot, &row)),
-                None => snapshots.push(FileEvent {
-                    file_id: ID(id.to_string()),
-                    kind: FileEventKind::Deleted,
-                    status: ApiFileStatus::Failed,
-                    windows_done: 0,
-                    windows_total: 0,
-                    error_code: Some(crate::error::code::NOT_FOUND.into()),
-                    error_message: Some(format!("no audio file with id {id}")),
-                    at: Utc::now(),
-                }),
-            }
-        }
-        let live = live.filter_map(move |e| {
-            let keep = match e {
-                Ok(e) => Uuid::parse_str(e.file_id.as_str())
-                    .ok()
-                    .filter(|id| wanted.contains(id))
-                    .map(|_| e),
-                Err(lagged) => {
-                    tracing::warn!(%lagged, "a subscriber fell behind; events dropped");
-                    None
+        let snapshots = file_snapshots(&lib, &wanted).await.gql()?;
+        let first = std::iter::once(FileEvent::marker(FileEventKind::Subscribed, None));
+        let lib2 = lib.clone();
+        let live = live
+            .then(move |e| {
+                let lib = lib2.clone();
+                let wanted = wanted.clone();
+                async move {
+                    match e {
+                        Ok(e) => {
+                            let keep = Uuid::parse_str(e.file_id.as_str())
+                                .is_ok_and(|id| wanted.contains(&id));
+                            if keep {
+                                vec![e]
+                            } else {
+                                vec![]
+                            }
+                        }
+                        Err(BroadcastStreamRecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "a fileEvents subscriber fell behind");
+                            let mut out = vec![FileEvent::marker(FileEventKind::Lagged, Some(n))];
+                            match file_snapshots(&lib, &wanted).await {
+                                Ok(s) => out.extend(s),
+                                Err(e) => tracing::warn!(error = %e, "no snapshot after a lag"),
+                            }
+                            out
+                        }
+                    }
                 }
-            };
-            async move { keep }
-        });
-        Ok(futures_util::stream::iter(snapshots)
+            })
+            .flat_map(futures_util::stream::iter);
+        Ok(futures_util::stream::iter(first.chain(snapshots))
             .chain(live)
             .take_until(lib.shutdown.clone().cancelled_owned()))
     }
 
-    /// Every processing event in the library.
+    /// Every processing event in the library: first SUBSCRIBED (from then on nothing is
+    /// missed), then each event as it happens. A subscriber that falls behind gets LAGGED
+    /// (with the number of events it missed) and should refetch.
+    #[graphql(guard = "Need(Scope::Read)")]
     async fn library_events(&self, ctx: &Context<'_>) -> Result<impl Stream<Item = FileEvent>> {
         let lib = library(ctx)?.clone();
-        let live = BroadcastStream::new(lib.events.subscribe()).filter_map(|e| async move {
-            match e {
-                Ok(e) => Some(e),
-                Err(lagged) => {
-                    tracing::warn!(%lagged, "a subscriber fell behind; events dropped");
-                    None
-                }
+        let live = BroadcastStream::new(lib.events.subscribe()).map(|e| match e {
+            Ok(e) => e,
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "a libraryEvents subscriber fell behind");
+                FileEvent::marker(FileEventKind::Lagged, Some(n))
             }
         });
-        Ok(live.take_until(lib.shutdown.clone().cancelled_owned()))
+        let first = futures_util::stream::once(async {
+            FileEvent::marker(FileEventKind::Subscribed, None)
+        });
+        Ok(first
+            .chain(live)
+            .take_until(lib.shutdown.clone().cancelled_owned()))
     }
+}
+
+/// Most files one `fileEvents` subscription may follow.
+pub const MAX_SUBSCRIBED_FILES: usize = 1000;
+
+/// The current state of each wanted file (DELETED for an unknown id).
+async fn file_snapshots(lib: &Library, wanted: &HashSet<Uuid>) -> Result<Vec<FileEvent>, ApiError> {
+    let ids: Vec<Uuid> = wanted.iter().copied().collect();
+    let mut rows = store::get_many(&lib.db, &ids).await?;
+    Ok(wanted
+        .iter()
+        .map(|id| match rows.remove(id) {
+            Some(row) => FileEvent::from_row(FileEventKind::Snapshot, &row),
+            None => FileEvent {
+                file_id: ID(id.to_string()),
+                kind: FileEventKind::Deleted,
+                status: ApiFileStatus::Failed,
+                windows_done: 0,
+                windows_total: 0,
+                error_code: Some(crate::error::code::NOT_FOUND.into()),
+                error_message: Some(format!("no audio file with id {id}")),
+                missed: None,
+                at: Utc::now(),
+            },
+        })
+        .collect())
 }

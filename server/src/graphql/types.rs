@@ -1,11 +1,14 @@
 //! GraphQL output and input types.
 
-use async_graphql::{Enum, InputObject, Object, SimpleObject, ID};
+use std::sync::Arc;
+
+use async_graphql::{Context, Enum, InputObject, Object, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entity::audio_file::Model as FileRow;
 use entity::search_log::{Model as SearchRow, SearchKind};
 use traum_index::SearchFilter;
 
+use crate::auth::{Auth, Scope};
 use crate::events::ApiFileStatus;
 use crate::library::{SearchHit, SearchOutcome};
 
@@ -28,7 +31,7 @@ impl AudioFile {
     async fn size_bytes(&self) -> f64 {
         self.0.size_bytes as f64
     }
-    /// Container: wav, flac, mp3, ogg or mp4.
+    /// Container, from the content: wav, flac, mp3, ogg, mp4 or aac.
     async fn container(&self) -> &str {
         &self.0.container
     }
@@ -36,6 +39,8 @@ impl AudioFile {
     async fn codec(&self) -> Option<&str> {
         self.0.codec.as_deref()
     }
+    /// Length in seconds: the header's claim while queued, the decoded length once indexed
+    /// (what the windows and duration filters use).
     async fn duration_s(&self) -> Option<f64> {
         self.0.duration_s
     }
@@ -81,9 +86,20 @@ impl AudioFile {
     async fn indexed_at(&self) -> Option<DateTime<Utc>> {
         self.0.indexed_at
     }
-    /// Where the original streams from (supports HTTP Range).
-    async fn url(&self) -> String {
-        format!("/files/{}", self.0.id)
+    /// Where the original streams from (supports HTTP Range). On a server that wants keys
+    /// this is a signed URL valid for an hour, so an `<audio>` element can play it without
+    /// the key in its query string.
+    async fn url(&self, ctx: &Context<'_>) -> async_graphql::Result<String> {
+        let auth = ctx.data::<Arc<Auth>>()?;
+        let open = auth
+            .anonymous_scope()
+            .await
+            .is_some_and(|s| s.allows(Scope::Read));
+        Ok(if open {
+            format!("/files/{}", self.0.id)
+        } else {
+            auth.signed_file_url(self.0.id)
+        })
     }
 }
 
@@ -143,7 +159,7 @@ impl From<SearchOutcome> for SearchResponse {
 pub struct SearchFilterInput {
     pub min_duration_s: Option<f64>,
     pub max_duration_s: Option<f64>,
-    /// Containers (wav, flac, mp3, ogg, mp4); any when empty.
+    /// Containers (wav, flac, mp3, ogg, mp4, aac); any when empty.
     pub formats: Option<Vec<String>>,
     /// Uploaded after this time.
     pub uploaded_after: Option<DateTime<Utc>>,
@@ -350,4 +366,82 @@ impl SearchLogEntry {
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
+}
+
+/// A key's scope, as the API names it. Scopes nest: WRITE can read, ADMIN can do everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(name = "Scope")]
+pub enum ApiScope {
+    Read,
+    Write,
+    Admin,
+}
+
+impl From<Scope> for ApiScope {
+    fn from(s: Scope) -> Self {
+        match s {
+            Scope::Read => ApiScope::Read,
+            Scope::Write => ApiScope::Write,
+            Scope::Admin => ApiScope::Admin,
+        }
+    }
+}
+
+impl From<ApiScope> for Scope {
+    fn from(s: ApiScope) -> Self {
+        match s {
+            ApiScope::Read => Scope::Read,
+            ApiScope::Write => Scope::Write,
+            ApiScope::Admin => Scope::Admin,
+        }
+    }
+}
+
+/// What the caller may do.
+#[derive(SimpleObject)]
+pub struct Access {
+    /// The caller's scope; null: nothing (send a key).
+    pub scope: Option<ApiScope>,
+    /// The key the caller sent, if any.
+    pub key_name: Option<String>,
+    pub key_prefix: Option<String>,
+    /// Whether a caller without a key can do nothing here.
+    pub keys_required: bool,
+}
+
+/// An API key (its secret is never shown again after creation).
+pub struct ApiKeyInfo(pub entity::api_key::Model);
+
+#[Object]
+impl ApiKeyInfo {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// The key's first characters, to tell keys apart.
+    async fn prefix(&self) -> &str {
+        &self.0.prefix
+    }
+    async fn scope(&self) -> ApiScope {
+        self.0.scope.into()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn last_used_at(&self) -> Option<DateTime<Utc>> {
+        self.0.last_used_at
+    }
+    async fn revoked_at(&self) -> Option<DateTime<Utc>> {
+        self.0.revoked_at
+    }
+}
+
+/// A new key and its secret (shown once).
+#[derive(SimpleObject)]
+pub struct CreatedApiKey {
+    pub key: ApiKeyInfo,
+    /// Send as `Authorization: Bearer <secret>`; it cannot be shown again.
+    pub secret: String,
 }

@@ -43,6 +43,9 @@ impl Default for BatcherConfig {
 pub enum EmbedError {
     #[error("{0}")]
     Model(Arc<str>),
+    /// This input (and only this one) cannot be embedded.
+    #[error("{0}")]
+    Input(Arc<str>),
     #[error("the model is not running (the server is shutting down)")]
     Stopped,
 }
@@ -170,7 +173,7 @@ impl Batcher {
                 First::Text(job) => {
                     let batch = gather(&mut self.texts, job, &self.config).await;
                     let model = self.model.clone();
-                    self.run_batch("text", batch, move |inputs| {
+                    self.run_batch("text", batch, check_text, move |inputs| {
                         let texts: Vec<&str> = inputs.iter().map(String::as_str).collect();
                         model.embed_texts(&texts)
                     })
@@ -179,7 +182,7 @@ impl Batcher {
                 First::Window(job) => {
                     let batch = gather(&mut self.windows, job, &self.config).await;
                     let model = self.model.clone();
-                    self.run_batch("audio", batch, move |inputs| {
+                    self.run_batch("audio", batch, check_window, move |inputs| {
                         let windows: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
                         model.embed_windows(&windows)
                     })
@@ -190,21 +193,46 @@ impl Batcher {
         tracing::debug!("embedding batcher stopped");
     }
 
+    /// One forward pass over a batch. Errors stay with the input that caused them: an input
+    /// that fails its check is answered alone before the pass, and if the pass fails as a
+    /// whole, each input is run again on its own so only the culprit gets the error. Jobs
+    /// whose caller has gone (a cancelled or deleted file) are dropped unembedded.
     async fn run_batch<T: Send + 'static>(
         &self,
         kind: &'static str,
         batch: Vec<Job<T>>,
-        forward: impl FnOnce(&[T]) -> clap_model::Result<Vec<Vec<f32>>> + Send + 'static,
+        check: fn(&T) -> Result<(), String>,
+        forward: impl Fn(&[T]) -> clap_model::Result<Vec<Vec<f32>>> + Send + 'static,
     ) {
-        let (inputs, replies): (Vec<T>, Vec<Reply>) =
-            batch.into_iter().map(|j| (j.input, j.reply)).unzip();
+        let mut inputs = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            if job.reply.is_closed() {
+                self.metrics.embed_skipped.with_label_values(&[kind]).inc();
+                continue;
+            }
+            if let Err(why) = check(&job.input) {
+                let _ = job.reply.send(Err(EmbedError::Input(why.into())));
+                continue;
+            }
+            inputs.push(job.input);
+            replies.push(job.reply);
+        }
         let n = inputs.len();
+        if n == 0 {
+            return;
+        }
         self.metrics
             .batch_size
             .with_label_values(&[kind])
             .observe(n as f64);
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || forward(&inputs)).await;
+        let results = tokio::task::spawn_blocking(move || forward_isolated(&forward, &inputs))
+            .await
+            .unwrap_or_else(|e| {
+                let message: Arc<str> = format!("forward pass failed: {e}").into();
+                vec![Err(EmbedError::Model(message)); n]
+            });
         self.metrics
             .forward_seconds
             .with_label_values(&[kind])
@@ -215,28 +243,62 @@ impl Batcher {
             ms = started.elapsed().as_millis() as u64,
             "forward pass"
         );
-        match result {
-            Ok(Ok(vectors)) if vectors.len() == n => {
-                for (reply, v) in replies.into_iter().zip(vectors) {
-                    let _ = reply.send(Ok(v));
-                }
-            }
-            Ok(Ok(vectors)) => fail_all(
-                replies,
-                format!("model returned {} vectors for {n} inputs", vectors.len()),
-            ),
-            Ok(Err(e)) => fail_all(replies, e.to_string()),
-            Err(e) => fail_all(replies, format!("forward pass panicked: {e}")),
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
         }
     }
 }
 
-fn fail_all(replies: Vec<Reply>, message: String) {
-    tracing::error!(%message, "forward pass failed");
-    let message: Arc<str> = message.into();
-    for reply in replies {
-        let _ = reply.send(Err(EmbedError::Model(message.clone())));
+/// Runs `forward` over all inputs; if that fails (or panics) and there is more than one,
+/// runs each alone, so one bad input cannot fail its neighbours.
+fn forward_isolated<T>(
+    forward: &impl Fn(&[T]) -> clap_model::Result<Vec<Vec<f32>>>,
+    inputs: &[T],
+) -> Vec<Result<Vec<f32>, EmbedError>> {
+    let run = |inputs: &[T]| -> Result<Vec<Vec<f32>>, String> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| forward(inputs))) {
+            Ok(Ok(v)) if v.len() == inputs.len() => Ok(v),
+            Ok(Ok(v)) => Err(format!(
+                "model returned {} vectors for {} inputs",
+                v.len(),
+                inputs.len()
+            )),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the forward pass panicked".to_string()),
+        }
+    };
+    match run(inputs) {
+        Ok(vectors) => vectors.into_iter().map(Ok).collect(),
+        Err(message) if inputs.len() == 1 => {
+            tracing::warn!(%message, "forward pass failed");
+            vec![Err(EmbedError::Model(message.into()))]
+        }
+        Err(message) => {
+            tracing::warn!(%message, n = inputs.len(), "batch failed; embedding its inputs one by one");
+            inputs
+                .iter()
+                .map(|input| {
+                    run(std::slice::from_ref(input))
+                        .map(|mut v| v.remove(0))
+                        .map_err(|m| EmbedError::Model(m.into()))
+                })
+                .collect()
+        }
     }
+}
+
+/// A window must be numbers: NaN or infinity would poison the whole batch's features.
+fn check_window(samples: &Vec<f32>) -> Result<(), String> {
+    match samples.iter().position(|s| !s.is_finite()) {
+        Some(i) => Err(format!(
+            "the audio window holds a non-finite sample (NaN or infinity) at {i}"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn check_text(_: &String) -> Result<(), String> {
+    Ok(())
 }
 
 /// The first job plus whatever else arrives within `max_wait`, up to `max_batch`.
@@ -334,7 +396,104 @@ mod tests {
         assert_eq!(t.len(), embedder.info().embedding_dim);
     }
 
-    /// A model error reaches every caller of the batch; the batcher lives on.
+    /// One bad input among many concurrent callers fails that caller alone: a NaN window is
+    /// refused before the forward pass, and a window the model refuses (too long) fails the
+    /// batch's pass, after which every input is retried on its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_input_fails_only_its_caller() {
+        let metrics = Metrics::new();
+        let config = BatcherConfig {
+            max_batch: 8,
+            max_wait: Duration::from_millis(200),
+            queue_capacity: 64,
+        };
+        let (embedder, _task) = Embedder::start(tiny(8), config, metrics.clone());
+        let mut nan = window(5);
+        nan[1234] = f32::NAN;
+        let mut inf = window(6);
+        inf[7] = f32::INFINITY;
+        let inputs: Vec<(&str, Vec<f32>)> = vec![
+            ("good", window(1)),
+            ("nan", nan),
+            ("good", window(2)),
+            ("too long", vec![0.1; 480_001]),
+            ("good", window(3)),
+            ("inf", inf),
+            ("good", window(4)),
+        ];
+        let calls: Vec<_> = inputs
+            .into_iter()
+            .map(|(what, w)| {
+                let e = embedder.clone();
+                (what, tokio::spawn(async move { e.embed_window(w).await }))
+            })
+            .collect();
+        for (what, call) in calls {
+            let got = call.await.unwrap();
+            match what {
+                "good" => assert!(got.is_ok(), "a good window failed: {got:?}"),
+                "nan" | "inf" => assert!(
+                    matches!(&got, Err(EmbedError::Input(m)) if m.contains("non-finite")),
+                    "{what}: {got:?}"
+                ),
+                _ => assert!(matches!(got, Err(EmbedError::Model(_))), "{what}: {got:?}"),
+            }
+        }
+        // The good ones shared passes: the failed pass and its retries are all there is.
+        let batches = metrics.batch_size.with_label_values(&["audio"]);
+        assert!(
+            batches.get_sample_count() <= 4,
+            "{}",
+            batches.get_sample_count()
+        );
+    }
+
+    /// Windows whose caller has gone (its file was cancelled or deleted) are not embedded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn abandoned_windows_are_skipped() {
+        let metrics = Metrics::new();
+        let model = tiny(8);
+        let (_w, windows) = mpsc::channel(1);
+        let (_t, texts) = mpsc::channel(1);
+        let batcher = Batcher {
+            model: model.clone(),
+            config: BatcherConfig::default(),
+            windows,
+            texts,
+            metrics: metrics.clone(),
+        };
+        let mut jobs = Vec::new();
+        let mut waiting = Vec::new();
+        for i in 0..6 {
+            let (reply, rx) = oneshot::channel();
+            jobs.push(Job {
+                input: window(i),
+                reply,
+            });
+            // Every other caller has gone away (its receiver is dropped).
+            if i % 2 == 0 {
+                waiting.push(rx);
+            }
+        }
+        batcher
+            .run_batch("audio", jobs, check_window, move |inputs| {
+                let windows: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+                model.embed_windows(&windows)
+            })
+            .await;
+        for rx in waiting {
+            assert!(rx.await.unwrap().is_ok());
+        }
+        let batches = metrics.batch_size.with_label_values(&["audio"]);
+        assert_eq!(
+            batches.get_sample_sum(),
+            3.0,
+            "only live callers' windows embedded"
+        );
+        assert_eq!(metrics.embed_skipped.with_label_values(&["audio"]).get(), 3);
+    }
+
+    /// A model error reaches the caller; the batcher lives on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn errors_reach_callers() {
         let (embedder, _task) = Embedder::start(tiny(4), BatcherConfig::default(), Metrics::new());

@@ -215,7 +215,11 @@ async fn run(
             Ok::<_, ApiError>(())
         }
     };
-    let windows = match stream_windows(lib, &path, token, Some(id), &mut on_open, &progress).await {
+    let limits = StreamLimits {
+        claim: Some(id),
+        max_seconds: None,
+    };
+    let decoded = match stream_windows(lib, &path, token, limits, &mut on_open, &progress).await {
         Ok(Some(w)) => w,
         Ok(None) => return Ok(Outcome::Abandoned("cancelled")),
         Err(StreamError::Audio(e)) => {
@@ -226,7 +230,13 @@ async fn run(
         }
         Err(StreamError::Api(e)) => return Err(e),
         Err(StreamError::LeaseLost) => return Ok(Outcome::Abandoned("lease lost")),
+        Err(StreamError::TooLong { .. }) => unreachable!("library files have no length limit"),
     };
+    let Decoded {
+        windows,
+        duration_s,
+        container,
+    } = decoded;
     if windows.is_empty() {
         return Ok(Outcome::Failed {
             code: code::EMPTY,
@@ -241,9 +251,12 @@ async fn run(
     let Some(current) = current else {
         return Ok(Outcome::Abandoned("deleted"));
     };
-    let duration_s = current
-        .duration_s
-        .unwrap_or_else(|| windows.last().map(|w| w.end_s).unwrap_or(0.0));
+    // The decoded length, not the header's claim, is what the windows cover: the API, the
+    // index and duration filters all use it.
+    let container = container
+        .map(|c| c.name())
+        .filter(|c| *c != current.container);
+    let current = store::set_decoded(&lib.db, id, duration_s, container).await?;
     let n = windows.len() as i32;
     let vectors = FileVectors {
         file_id: id,
@@ -282,6 +295,29 @@ enum StreamError {
     Audio(AudioError),
     Api(ApiError),
     LeaseLost,
+    /// Longer than `StreamLimits::max_seconds`.
+    TooLong {
+        limit_s: f64,
+    },
+}
+
+/// Who a stream of windows is for.
+#[derive(Debug, Clone, Copy)]
+struct StreamLimits {
+    /// The library file this worker holds (its lease is renewed, its progress saved, its
+    /// stage times recorded); `None` for a search clip.
+    claim: Option<Uuid>,
+    /// Refuse audio longer than this (search clips); decoding stops as soon as it is passed.
+    max_seconds: Option<f64>,
+}
+
+/// A file's windows and what decoding them found.
+struct Decoded {
+    windows: Vec<WindowVector>,
+    /// Seconds of audio decoded: the file's real length.
+    duration_s: f64,
+    /// The container, as the decoder saw it.
+    container: Option<traum_audio::Container>,
 }
 
 impl From<ApiError> for StreamError {
@@ -299,18 +335,16 @@ impl From<entity::store::StoreError> for StreamError {
 /// Decodes `path` on a blocking thread and embeds every window through the
 /// batcher, keeping up to one batch of windows in flight. `Ok(None)`: cancelled.
 ///
-/// `claim`: the library file this worker holds (its lease is renewed, its
-/// progress saved, its stage times recorded); `None` for a search clip.
 /// `on_open` runs once the container is open (with the expected window
 /// count); `progress` after each window.
 async fn stream_windows<F, Fut>(
     lib: &Arc<Library>,
     path: &Path,
     token: &CancellationToken,
-    claim: Option<Uuid>,
+    limits: StreamLimits,
     on_open: &mut F,
     progress: &(dyn Fn(i32, i32) + Sync),
-) -> Result<Option<Vec<WindowVector>>, StreamError>
+) -> Result<Option<Decoded>, StreamError>
 where
     F: FnMut(&traum_audio::AudioInfo, Option<i32>) -> Fut,
     Fut: std::future::Future<Output = Result<(), ApiError>>,
@@ -326,6 +360,13 @@ where
     .map_err(|e| ApiError::Internal(format!("decoder task failed: {e}")))?
     .map_err(StreamError::Audio)?;
     let info = stream.info().clone();
+    let claim = limits.claim;
+    if let (Some(limit_s), Some(declared)) = (limits.max_seconds, info.duration_s) {
+        if declared > limit_s + 0.5 {
+            return Err(StreamError::TooLong { limit_s });
+        }
+    }
+    let max_samples = limits.max_seconds.map(|s| ((s + 0.5) * rate) as u64);
     if claim.is_some() {
         lib.metrics
             .stage_seconds
@@ -337,12 +378,15 @@ where
 
     // The decoder thread stays at most a couple of windows ahead.
     let (tx, mut rx) = mpsc::channel::<Result<Window, AudioError>>(2);
+    let container = traum_audio::Container::from_name(&info.container);
     let decoder = tokio::task::spawn_blocking(move || {
-        for item in stream {
+        let mut stream = stream;
+        for item in stream.by_ref() {
             if tx.blocking_send(item).is_err() {
                 break; // cancelled
             }
         }
+        stream.decoded_seconds()
     });
     let in_flight_max = lib.config.batcher.max_batch.max(1);
     let mut in_flight = FuturesOrdered::new();
@@ -385,6 +429,12 @@ where
             item = rx.recv(), if !decoded_all && in_flight.len() < in_flight_max => {
                 match item {
                     Some(Ok(window)) => {
+                        let end = window.start_sample + window.samples.len() as u64;
+                        if let (Some(limit_s), Some(max)) = (limits.max_seconds, max_samples) {
+                            if end > max {
+                                break Err(StreamError::TooLong { limit_s });
+                            }
+                        }
                         let embedder = lib.embedder.clone();
                         let start_sample = window.start_sample;
                         let len = window.samples.len();
@@ -411,14 +461,20 @@ where
         }
     };
     drop(rx);
-    let _ = decoder.await;
+    let decoded_s = decoder.await.ok();
     if claim.is_some() {
         lib.metrics
             .stage_seconds
             .with_label_values(&["embed"])
             .observe(embedding.elapsed().as_secs_f64());
     }
-    result.map(|finished| finished.map(|()| out))
+    result.map(|finished| {
+        finished.map(|()| Decoded {
+            duration_s: decoded_s.unwrap_or_else(|| out.last().map(|w| w.end_s).unwrap_or(0.0)),
+            windows: out,
+            container,
+        })
+    })
 }
 
 /// Embeds every window of a file that is not in the library (a search clip).
@@ -427,11 +483,16 @@ pub(crate) async fn embed_file_windows(
     path: &Path,
 ) -> Result<Vec<WindowVector>, ApiError> {
     let mut on_open = |_: &traum_audio::AudioInfo, _: Option<i32>| async { Ok(()) };
-    match stream_windows(lib, path, &lib.shutdown, None, &mut on_open, &|_, _| {}).await {
-        Ok(Some(w)) => Ok(w),
+    let limits = StreamLimits {
+        claim: None,
+        max_seconds: Some(lib.config.max_clip_s),
+    };
+    match stream_windows(lib, path, &lib.shutdown, limits, &mut on_open, &|_, _| {}).await {
+        Ok(Some(d)) => Ok(d.windows),
         Ok(None) => Err(ApiError::ShuttingDown),
         Err(StreamError::Audio(e)) => Err(ApiError::Audio(e)),
         Err(StreamError::Api(e)) => Err(e),
         Err(StreamError::LeaseLost) => Err(ApiError::Internal("lease lost".into())),
+        Err(StreamError::TooLong { limit_s }) => Err(ApiError::ClipTooLong { limit_s }),
     }
 }

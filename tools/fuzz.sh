@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of the traum-fuzz targets with AFL++ (cargo-afl), on stable Rust.
+#
+# Usage:
+#   tools/fuzz.sh build                       install cargo-afl if missing, build the targets
+#   tools/fuzz.sh run TARGET [LIMIT]          build, fuzz TARGET, minimise, report
+#                                             LIMIT: 600s / 10m / 1h (wall time, default 10m)
+#                                                    or 200000x (executions)
+#   tools/fuzz.sh cmin TARGET                 minimise the last run's queue (+ crashes, hangs)
+#                                             into fuzz/corpus/TARGET
+#   tools/fuzz.sh stats TARGET                print the last run's executions, time, coverage,
+#                                             crashes and hangs
+#   tools/fuzz.sh replay TARGET FILE...       run inputs through the AFL binary outside AFL
+#                                             (RUST_BACKTRACE=1), e.g. a file from crashes/
+#   TARGET: decode | windows | mel
+#
+# Environment:
+#   FUZZ_TIMEOUT_MS   per-input time cap for afl-fuzz -t (default: per target, see below)
+#   FUZZ_MEM_MB       memory cap for afl-fuzz -m (default 1024)
+#   FUZZ_RESUME=1     continue the previous run in target/afl-out/TARGET instead of restarting
+#   AFL_FUZZ          afl-fuzz to use (default: cargo-afl's build of AFL++, via `cargo afl fuzz`;
+#                     set AFL_FUZZ=/usr/bin/afl-fuzz for Debian's afl++)
+#
+# Outputs: binaries in target/afl/release/fuzz_TARGET (CARGO_TARGET_DIR=target/afl), the
+# campaign in target/afl-out/TARGET/default/{queue,crashes,hangs,fuzzer_stats}, the minimised
+# corpus in fuzz/corpus/TARGET (replayed by `cargo test -p traum-fuzz`). Heavy steps run under
+# `nice -n 19`. See fuzz/README.md.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGETS=(decode windows mel)
+export CARGO_TARGET_DIR="$ROOT/target/afl"
+OUT_ROOT="$ROOT/target/afl-out"
+MEM_MB="${FUZZ_MEM_MB:-1024}"
+# Non-interactive, and tolerate a machine not tuned for fuzzing (no root sysctl changes), shared
+# with other work (no CPU pinning), and a corpus that holds saved crash/hang regressions.
+export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1
+export AFL_IGNORE_SEED_PROBLEMS=1
+# Line tables only: panics in `replay` get file:line backtraces; coverage is unaffected.
+export CARGO_PROFILE_RELEASE_DEBUG="${CARGO_PROFILE_RELEASE_DEBUG:-line-tables-only}"
+
+die() { echo "fuzz.sh: $*" >&2; exit 1; }
+
+check_target() {
+    local t
+    for t in "${TARGETS[@]}"; do [[ "$1" == "$t" ]] && return 0; done
+    die "unknown target '$1' (one of: ${TARGETS[*]})"
+}
+
+# Per-input time cap. decode runs symphonia, the resampler and the windower on up to 10 minutes
+# of audio; windows builds a resampler per input (odd rates take ~0.1 s); mel is ~10 ms.
+timeout_ms() {
+    if [[ -n "${FUZZ_TIMEOUT_MS:-}" ]]; then echo "$FUZZ_TIMEOUT_MS"; return; fi
+    case "$1" in
+        decode) echo 5000 ;;
+        windows) echo 5000 ;;
+        mel) echo 1000 ;;
+    esac
+}
+
+ensure_cargo_afl() {
+    if ! cargo afl --version >/dev/null 2>&1; then
+        echo "== installing cargo-afl (builds AFL++ as part of the install)"
+        nice -n 19 cargo install cargo-afl --locked
+    fi
+    # The install builds AFL++ and its runtime; if that failed, build them now.
+    if ! ls "${XDG_DATA_HOME:-$HOME/.local/share}"/afl.rs/rustc-*/afl.rs-*/afl-llvm/afl-compiler-rt.o \
+        >/dev/null 2>&1; then
+        echo "== building AFL++ for cargo-afl"
+        nice -n 19 cargo afl config --build
+    fi
+}
+
+build() {
+    ensure_cargo_afl
+    echo "== building fuzz targets (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$ROOT" && nice -n 19 cargo afl build --release --features afl -p traum-fuzz)
+}
+
+if [[ -n "${AFL_FUZZ:-}" ]]; then
+    AFL_FUZZ_CMD=("$AFL_FUZZ")
+    AFL_CMIN_CMD=("$(dirname "$AFL_FUZZ")/afl-cmin")
+else
+    AFL_FUZZ_CMD=(cargo afl fuzz)
+    AFL_CMIN_CMD=(cargo afl cmin)
+fi
+
+# Seeds: the committed corpus (decode also gets the audio fixtures on a fresh start).
+seed_dir() {
+    local t="$1" dir="$OUT_ROOT/$1.seeds"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    if compgen -G "$ROOT/fuzz/corpus/$t/*" >/dev/null; then cp "$ROOT/fuzz/corpus/$t/"* "$dir/"; fi
+    if [[ "$t" == decode ]]; then
+        local f
+        for f in "$ROOT"/tests/fixtures/audio/*; do
+            # afl-fuzz wants small seeds; the fixtures are all well under 100 KB.
+            [[ -f "$f" && $(stat -c %s "$f") -le 65536 ]] && cp "$f" "$dir/fixture-$(basename "$f")"
+        done
+    fi
+    compgen -G "$dir/*" >/dev/null || die "no seeds for $t: fuzz/corpus/$t is empty"
+    echo "$dir"
+}
+
+run() {
+    local t="$1" limit="${2:-10m}" bin="$CARGO_TARGET_DIR/release/fuzz_$1" out="$OUT_ROOT/$1"
+    local limit_args=() input
+    case "$limit" in
+        *x) limit_args=(-E "${limit%x}") ;;
+        *h) limit_args=(-V "$(( ${limit%h} * 3600 ))") ;;
+        *m) limit_args=(-V "$(( ${limit%m} * 60 ))") ;;
+        *s) limit_args=(-V "${limit%s}") ;;
+        *) die "LIMIT '$limit': use e.g. 600s, 10m, 1h or 100000x" ;;
+    esac
+    build
+    mkdir -p "$OUT_ROOT"
+    if [[ "${FUZZ_RESUME:-0}" == 1 && -d "$out/default/queue" ]]; then
+        input=-
+    else
+        rm -rf "$out"
+        input="$(seed_dir "$t")"
+    fi
+    echo "== fuzzing $t for $limit (-m $MEM_MB -t $(timeout_ms "$t")); output in $out"
+    # -V/-E stop the campaign; afl-fuzz exits 0 then. AFL_NO_UI prints a status line a minute.
+    nice -n 19 "${AFL_FUZZ_CMD[@]}" -i "$input" -o "$out" -m "$MEM_MB" \
+        -t "$(timeout_ms "$t")" "${limit_args[@]}" -- "$bin" || die "afl-fuzz failed (status $?)"
+    cmin "$t"
+    stats "$t"
+}
+
+cmin() {
+    local t="$1" bin="$CARGO_TARGET_DIR/release/fuzz_$1" out="$OUT_ROOT/$1"
+    local queue="$out/default/queue" corpus="$ROOT/fuzz/corpus/$t" all="$OUT_ROOT/$1.cmin-in"
+    [[ -d "$queue" ]] || die "no queue in $queue: run '$0 run $t' first"
+    rm -rf "$all" "$all.out"
+    mkdir -p "$all"
+    cp "$queue"/id:* "$all/" 2>/dev/null || true
+    # Keep the current corpus (including saved regressions) in the running too.
+    if compgen -G "$corpus/*" >/dev/null; then
+        local f
+        for f in "$corpus"/*; do cp "$f" "$all/corpus-$(basename "$f")"; done
+    fi
+    echo "== minimising $(ls "$all" | wc -l) inputs of $t"
+    # Crashing/hanging inputs are not kept by cmin (it only keeps inputs that run cleanly);
+    # they are copied into the corpus as regressions below.
+    nice -n 19 "${AFL_CMIN_CMD[@]}" -i "$all" -o "$all.out" -m "$MEM_MB" \
+        -t "$(( $(timeout_ms "$t") * 2 ))" -- "$bin" >"$OUT_ROOT/$t.cmin.log" 2>&1 ||
+        { tail -20 "$OUT_ROOT/$t.cmin.log"; die "afl-cmin failed"; }
+    # Replace the corpus by the minimised set; keep the names of regressions saved earlier.
+    local keep=()
+    if compgen -G "$corpus/crash-*" >/dev/null || compgen -G "$corpus/hang-*" >/dev/null; then
+        keep=("$corpus"/crash-* "$corpus"/hang-*)
+    fi
+    local tmp
+    tmp="$(mktemp -d)"
+    for f in "${keep[@]}"; do [[ -f "$f" ]] && cp "$f" "$tmp/"; done
+    rm -rf "$corpus"
+    mkdir -p "$corpus"
+    local f n=0
+    for f in "$all.out"/*; do
+        [[ -f "$f" ]] || continue
+        local name
+        name="$(basename "$f")"
+        case "$name" in
+            corpus-*) name="${name#corpus-}" ;;
+            *) name="$(printf 'q%04d-%s' "$n" "$(sha1sum "$f" | cut -c1-12)")"; n=$((n + 1)) ;;
+        esac
+        [[ -e "$tmp/$name" ]] || cp "$f" "$corpus/$name"
+    done
+    cp "$tmp"/* "$corpus/" 2>/dev/null || true
+    rm -rf "$tmp"
+    # New crashes and hangs become regressions (named by content, so reruns do not duplicate).
+    local kind
+    for kind in crashes hangs; do
+        for f in "$out/default/$kind"/id:*; do
+            [[ -f "$f" ]] || continue
+            local prefix=crash
+            [[ "$kind" == hangs ]] && prefix=hang
+            cp "$f" "$corpus/$prefix-$(sha1sum "$f" | cut -c1-12)"
+        done
+    done
+    echo "== fuzz/corpus/$t: $(ls "$corpus" | wc -l) files, $(du -sb "$corpus" | cut -f1) bytes"
+}
+
+stats() {
+    local t="$1" f="$OUT_ROOT/$1/default/fuzzer_stats"
+    [[ -f "$f" ]] || die "no $f: run '$0 run $t' first"
+    local get
+    get() { awk -F' *: *' -v k="$1" '$1 == k { print $2 }' "$f"; }
+    local execs secs
+    execs="$(get execs_done)"
+    secs="$(( $(get last_update) - $(get start_time) ))"
+    echo "== $t"
+    echo "executions:  $execs"
+    echo "wall time:   ${secs} s (run_time $(get run_time) s)"
+    echo "exec/s:      $(get execs_per_sec) (average $(awk -v e="$execs" -v s="$secs" 'BEGIN { printf "%.1f", s ? e / s : 0 }'))"
+    echo "coverage:    $(get edges_found) of $(get total_edges) edges, bitmap $(get bitmap_cvg)"
+    echo "corpus:      $(get corpus_count) inputs (queue)"
+    echo "crashes:     $(get saved_crashes) saved ($(ls "$OUT_ROOT/$t/default/crashes" 2>/dev/null | grep -c '^id:' || true) files)"
+    echo "hangs:       $(get saved_hangs) saved ($(ls "$OUT_ROOT/$t/default/hangs" 2>/dev/null | grep -c '^id:' || true) files)"
+    echo "stability:   $(get stability)"
+}
+
+replay() {
+    local t="$1" bin="$CARGO_TARGET_DIR/release/fuzz_$1" f
+    shift
+    [[ -x "$bin" ]] || build
+    for f in "$@"; do
+        echo "== $f"
+        RUST_BACKTRACE=1 "$bin" <"$f" && echo "ok" || echo "FAILED (status $?)"
+    done
+}
+
+cmd="${1:-}"
+case "$cmd" in
+    build) build ;;
+    run) [[ $# -ge 2 ]] || die "usage: $0 run TARGET [LIMIT]"; check_target "$2"; run "$2" "${3:-10m}" ;;
+    cmin) [[ $# -eq 2 ]] || die "usage: $0 cmin TARGET"; check_target "$2"; cmin "$2" ;;
+    stats) [[ $# -eq 2 ]] || die "usage: $0 stats TARGET"; check_target "$2"; stats "$2" ;;
+    replay) [[ $# -ge 3 ]] || die "usage: $0 replay TARGET FILE..."; check_target "$2"; shift; replay "$@" ;;
+    *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; [[ -z "$cmd" ]] || exit 2 ;;
+esac
