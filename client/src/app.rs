@@ -148,7 +148,11 @@ fn Shell() -> Element {
                 }
             }
         }
-        ConnectionBanner { state }
+        // Without a usable key the live connection is refused: the key prompt says why,
+        // an "offline" banner would only mislead.
+        if ACCESS().is_none_or(|a| a.scope.is_some()) {
+            ConnectionBanner { state }
+        }
         KeyPrompt {}
         main { id: "content", tabindex: "-1",
             Outlet::<Route> {}

@@ -504,7 +504,6 @@ async fn graphql_post(State(state): State<AppState>, req: axum::extract::Request
             match chunk {
                 Ok(chunk) => bytes.extend_from_slice(&chunk),
                 Err(_) if body.over_limit() => {
-                    drop(stream);
                     body.drain().await;
                     let mut res = error_response(
                         StatusCode::PAYLOAD_TOO_LARGE,

@@ -135,12 +135,19 @@ impl StagedFile {
 impl StagedFile {
     /// A second staged copy of the same bytes (a hard link, or a copy where links are not
     /// possible), for one upload used by two variables. Each copy is kept or dropped alone.
-    pub fn duplicate(&self) -> std::io::Result<StagedFile> {
-        let dir = self.tmp_path.parent().unwrap_or(Path::new("."));
-        let path = dir.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
-        if std::fs::hard_link(&self.tmp_path, &path).is_err() {
-            std::fs::copy(&self.tmp_path, &path)?;
-        }
+    /// The file system work runs on a blocking thread.
+    pub async fn duplicate(&self) -> std::io::Result<StagedFile> {
+        let src = self.tmp_path.clone();
+        let path = tokio::task::spawn_blocking(move || {
+            let dir = src.parent().unwrap_or(Path::new("."));
+            let path = dir.join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+            if std::fs::hard_link(&src, &path).is_err() {
+                std::fs::copy(&src, &path)?;
+            }
+            Ok::<_, std::io::Error>(path)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         Ok(StagedFile {
             tmp_path: path,
             original_name: self.original_name.clone(),

@@ -99,12 +99,11 @@ impl Received {
     /// The same upload again, for a second variable mapped to the same file part.
     pub async fn duplicate(&self) -> Result<Received, ApiError> {
         match self {
-            // One link(2): cheap, but still file system work, so not on an async thread.
-            Received::Staged(staged) => tokio::task::block_in_place(|| staged.duplicate())
-                .map(Received::Staged)
-                .map_err(|e| {
+            Received::Staged(staged) => {
+                staged.duplicate().await.map(Received::Staged).map_err(|e| {
                     ApiError::Internal(format!("cannot link {}: {e}", staged.tmp_path.display()))
-                }),
+                })
+            }
             Received::Rejected {
                 filename,
                 rejection,

@@ -288,6 +288,7 @@ fn forward_isolated<T>(
 }
 
 /// A window must be numbers: NaN or infinity would poison the whole batch's features.
+#[allow(clippy::ptr_arg)] // the check's type is `fn(&T)`, and T is the job's `Vec<f32>`
 fn check_window(samples: &Vec<f32>) -> Result<(), String> {
     match samples.iter().position(|s| !s.is_finite()) {
         Some(i) => Err(format!(
