@@ -6,12 +6,19 @@
 #   tools/fuzz.sh run TARGET [LIMIT]          build, fuzz TARGET, minimise, report
 #                                             LIMIT: 600s / 10m / 1h (wall time, default 10m)
 #                                                    or 200000x (executions)
-#   tools/fuzz.sh cmin TARGET                 minimise the last run's queue (+ crashes, hangs)
-#                                             into fuzz/corpus/TARGET
+#   tools/fuzz.sh cmin TARGET                 minimise the last run's queue (with the current
+#                                             corpus) into fuzz/corpus/TARGET; crash-*/hang-*
+#                                             regressions there are kept
+#   tools/fuzz.sh triage TARGET               group the last run's crashes by message and
+#                                             site, naming the smallest input of each
 #   tools/fuzz.sh stats TARGET                print the last run's executions, time, coverage,
 #                                             crashes and hangs
 #   tools/fuzz.sh replay TARGET FILE...       run inputs through the AFL binary outside AFL
 #                                             (RUST_BACKTRACE=1), e.g. a file from crashes/
+#
+# After a run with crashes or hangs: `triage`, then copy one input per bug into
+# fuzz/corpus/TARGET/ as crash-<what> or hang-<what>; `cargo test -p traum-fuzz` then fails
+# on it until the bug is fixed.
 #   TARGET: decode | windows | mel
 #
 # Environment:
@@ -77,6 +84,15 @@ build() {
     (cd "$ROOT" && nice -n 19 cargo afl build --release --features afl -p traum-fuzz)
 }
 
+# afl-cmin finds afl-showmap on PATH first: put the matching AFL++ build in front (Debian's
+# /usr/bin/afl-showmap 4.04c does not understand 4.40c's afl-cmin).
+afl_bin_dir() {
+    if [[ -n "${AFL_FUZZ:-}" ]]; then dirname "$AFL_FUZZ"; return; fi
+    local commit
+    commit="$(rustc -vV | awk '/^commit-hash/ { print substr($2, 1, 7) }')"
+    ls -d "${XDG_DATA_HOME:-$HOME/.local/share}"/afl.rs/rustc-*-"$commit"/afl.rs-*/afl/bin 2>/dev/null |
+        tail -1
+}
 if [[ -n "${AFL_FUZZ:-}" ]]; then
     AFL_FUZZ_CMD=("$AFL_FUZZ")
     AFL_CMIN_CMD=("$(dirname "$AFL_FUZZ")/afl-cmin")
@@ -84,8 +100,14 @@ else
     AFL_FUZZ_CMD=(cargo afl fuzz)
     AFL_CMIN_CMD=(cargo afl cmin)
 fi
+with_afl_path() {
+    local dir
+    dir="$(afl_bin_dir)"
+    [[ -n "$dir" ]] || die "cannot find cargo-afl's AFL++ build; run '$0 build'"
+    PATH="$dir:$PATH" AFL_PATH="$dir" "$@"
+}
 
-# Seeds: the committed corpus (decode also gets the audio fixtures on a fresh start).
+# Seeds: the committed corpus (decode also gets the small audio fixtures).
 seed_dir() {
     local t="$1" dir="$OUT_ROOT/$1.seeds"
     rm -rf "$dir"
@@ -94,8 +116,9 @@ seed_dir() {
     if [[ "$t" == decode ]]; then
         local f
         for f in "$ROOT"/tests/fixtures/audio/*; do
-            # afl-fuzz wants small seeds; the fixtures are all well under 100 KB.
-            [[ -f "$f" && $(stat -c %s "$f") -le 65536 ]] && cp "$f" "$dir/fixture-$(basename "$f")"
+            # Only the small ones: big seeds slow afl-fuzz down and bloat the corpus (the corpus
+            # has tiny versions of the rest, from fuzz/make_seeds.py).
+            if [[ -f "$f" && $(stat -c %s "$f") -le 4096 ]]; then cp "$f" "$dir/fixture-$(basename "$f")"; fi
         done
     fi
     compgen -G "$dir/*" >/dev/null || die "no seeds for $t: fuzz/corpus/$t is empty"
@@ -122,7 +145,7 @@ run() {
     fi
     echo "== fuzzing $t for $limit (-m $MEM_MB -t $(timeout_ms "$t")); output in $out"
     # -V/-E stop the campaign; afl-fuzz exits 0 then. AFL_NO_UI prints a status line a minute.
-    nice -n 19 "${AFL_FUZZ_CMD[@]}" -i "$input" -o "$out" -m "$MEM_MB" \
+    with_afl_path nice -n 19 "${AFL_FUZZ_CMD[@]}" -i "$input" -o "$out" -m "$MEM_MB" \
         -t "$(timeout_ms "$t")" "${limit_args[@]}" -- "$bin" || die "afl-fuzz failed (status $?)"
     cmin "$t"
     stats "$t"
@@ -135,50 +158,45 @@ cmin() {
     rm -rf "$all" "$all.out"
     mkdir -p "$all"
     cp "$queue"/id:* "$all/" 2>/dev/null || true
-    # Keep the current corpus (including saved regressions) in the running too.
-    if compgen -G "$corpus/*" >/dev/null; then
-        local f
-        for f in "$corpus"/*; do cp "$f" "$all/corpus-$(basename "$f")"; done
-    fi
+    # The current corpus competes too (its files keep their names); the regressions (crash-*,
+    # hang-*) stay as they are and do not go through cmin, which would drop them.
+    local f
+    for f in "$corpus"/*; do
+        [[ -f "$f" ]] || continue
+        case "$(basename "$f")" in crash-* | hang-*) ;; *) cp "$f" "$all/corpus-$(basename "$f")" ;; esac
+    done
     echo "== minimising $(ls "$all" | wc -l) inputs of $t"
-    # Crashing/hanging inputs are not kept by cmin (it only keeps inputs that run cleanly);
-    # they are copied into the corpus as regressions below.
-    nice -n 19 "${AFL_CMIN_CMD[@]}" -i "$all" -o "$all.out" -m "$MEM_MB" \
+    # afl-cmin passes the binary's exact map size to afl-showmap, whose batch mode (-I) then
+    # records nothing for these binaries (AFL++ 4.40c); a power of two >= 64 Ki works.
+    local map_size=65536 need
+    need="$(AFL_DUMP_MAP_SIZE=1 "$bin" || true)"  # prints the size, exits 255
+    [[ "$need" =~ ^[0-9]+$ ]] || need=65536
+    while (( map_size < need )); do map_size=$(( map_size * 2 )); done
+    # -e: edge coverage only (hit counts ignored), which keeps the corpus small. Crashing and
+    # hanging inputs are not kept by cmin (see `triage` for keeping them as regressions).
+    AFL_MAP_SIZE="$map_size" with_afl_path nice -n 19 "${AFL_CMIN_CMD[@]}" -e -i "$all" -o "$all.out" -m "$MEM_MB" \
         -t "$(( $(timeout_ms "$t") * 2 ))" -- "$bin" >"$OUT_ROOT/$t.cmin.log" 2>&1 ||
         { tail -20 "$OUT_ROOT/$t.cmin.log"; die "afl-cmin failed"; }
+    compgen -G "$all.out/*" >/dev/null ||
+        { tail -20 "$OUT_ROOT/$t.cmin.log"; die "afl-cmin kept nothing; fuzz/corpus/$t left as it was"; }
     # Replace the corpus by the minimised set; keep the names of regressions saved earlier.
-    local keep=()
-    if compgen -G "$corpus/crash-*" >/dev/null || compgen -G "$corpus/hang-*" >/dev/null; then
-        keep=("$corpus"/crash-* "$corpus"/hang-*)
-    fi
     local tmp
     tmp="$(mktemp -d)"
-    for f in "${keep[@]}"; do [[ -f "$f" ]] && cp "$f" "$tmp/"; done
+    for f in "$corpus"/crash-* "$corpus"/hang-*; do if [[ -f "$f" ]]; then cp "$f" "$tmp/"; fi; done
     rm -rf "$corpus"
     mkdir -p "$corpus"
-    local f n=0
     for f in "$all.out"/*; do
         [[ -f "$f" ]] || continue
         local name
         name="$(basename "$f")"
         case "$name" in
             corpus-*) name="${name#corpus-}" ;;
-            *) name="$(printf 'q%04d-%s' "$n" "$(sha1sum "$f" | cut -c1-12)")"; n=$((n + 1)) ;;
+            *) name="q-$(sha1sum "$f" | cut -c1-16)" ;;  # new queue entry: named by content
         esac
         [[ -e "$tmp/$name" ]] || cp "$f" "$corpus/$name"
     done
     cp "$tmp"/* "$corpus/" 2>/dev/null || true
     rm -rf "$tmp"
-    # New crashes and hangs become regressions (named by content, so reruns do not duplicate).
-    local kind
-    for kind in crashes hangs; do
-        for f in "$out/default/$kind"/id:*; do
-            [[ -f "$f" ]] || continue
-            local prefix=crash
-            [[ "$kind" == hangs ]] && prefix=hang
-            cp "$f" "$corpus/$prefix-$(sha1sum "$f" | cut -c1-12)"
-        done
-    done
     echo "== fuzz/corpus/$t: $(ls "$corpus" | wc -l) files, $(du -sb "$corpus" | cut -f1) bytes"
 }
 
@@ -201,6 +219,29 @@ stats() {
     echo "stability:   $(get stability)"
 }
 
+# Groups the last run's crashes by what they print (panic message / refused allocation) and the
+# two innermost frames outside std, so that one input per bug can be kept as a regression.
+triage() {
+    local t="$1" bin="$CARGO_TARGET_DIR/release/fuzz_$1" out="$OUT_ROOT/$1/default" f
+    [[ -x "$bin" ]] || build
+    for f in "$out"/crashes/id:*; do
+        [[ -f "$f" ]] || continue
+        local log what where
+        log="$(RUST_BACKTRACE=1 timeout 60 "$bin" <"$f" 2>&1 || true)"
+        what="$(grep -m1 -E "panicked at|^traum-fuzz: refusing|memory allocation of" <<<"$log" |
+            sed -E 's/[0-9]{6,}/N/g; s/\(([0-9]+)\)//')"
+        where="$(grep -E "^ +at /" <<<"$log" | grep -v -E "/rustc/|/library/|afl-[0-9.]+/src" |
+            head -2 | sed -E 's|.*/registry/src/[^/]+/||; s|^ +at ||' | paste -sd' ')"
+        printf '%s\t%s\t%s\t%s\n' "${what:-exit without message}" "${where:-?}" "$(stat -c %s "$f")" "$f"
+    done | sort -t$'\t' -k1,2 -k3n | awk -F'\t' '
+        { key = $1 "\t" $2; n[key]++; if (!(key in first)) { first[key] = $4; size[key] = $3; order[++k] = key } }
+        END { for (i = 1; i <= k; i++) { key = order[i]; split(key, p, "\t");
+              printf "%d x %s\n    at %s\n    smallest (%d bytes): %s\n", n[key], p[1], p[2], size[key], first[key] } }'
+    local hangs
+    hangs="$(ls "$out/hangs" 2>/dev/null | grep -c '^id:' || true)"
+    echo "hangs: $hangs in $out/hangs (replay one to see where it spends its time)"
+}
+
 replay() {
     local t="$1" bin="$CARGO_TARGET_DIR/release/fuzz_$1" f
     shift
@@ -217,6 +258,7 @@ case "$cmd" in
     run) [[ $# -ge 2 ]] || die "usage: $0 run TARGET [LIMIT]"; check_target "$2"; run "$2" "${3:-10m}" ;;
     cmin) [[ $# -eq 2 ]] || die "usage: $0 cmin TARGET"; check_target "$2"; cmin "$2" ;;
     stats) [[ $# -eq 2 ]] || die "usage: $0 stats TARGET"; check_target "$2"; stats "$2" ;;
+    triage) [[ $# -eq 2 ]] || die "usage: $0 triage TARGET"; check_target "$2"; triage "$2" ;;
     replay) [[ $# -ge 3 ]] || die "usage: $0 replay TARGET FILE..."; check_target "$2"; shift; replay "$@" ;;
     *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; [[ -z "$cmd" ]] || exit 2 ;;
 esac

@@ -233,6 +233,170 @@ fn mp4_patches(file: &mut File) -> Vec<Patch> {
     patches
 }
 
+/// Checks an MP4's `moov` tree before symphonia reads it: symphonia 0.5 allocates what
+/// boxes and tables declare (a sample table's entry count, a sample's size, a handler name's
+/// length) before reading it, so one crafted file could make it ask for gigabytes and abort
+/// the process (found by fuzzing). Every box inside `moov` must fit in its parent, every
+/// table's declared entries must fit in its box, and no sample may be larger than the file.
+pub(crate) fn check_mp4(file: &mut File) -> Result<(), String> {
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let whole = Mp4Box {
+        start: 0,
+        body: 0,
+        end: len,
+        kind: *b"file",
+    };
+    let result = check_mp4_children(file, &whole, len, 0);
+    let _ = file.seek(SeekFrom::Start(0));
+    result
+}
+
+fn fourcc(kind: &[u8; 4]) -> String {
+    kind.iter()
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+        .collect()
+}
+
+fn check_mp4_children(
+    file: &mut File,
+    parent: &Mp4Box,
+    len: u64,
+    depth: usize,
+) -> Result<(), String> {
+    if depth > 16 {
+        return Err("MP4 boxes nested deeper than any real file".into());
+    }
+    // Walk the children strictly: any box that does not fit is an error, not the end.
+    let mut pos = parent.body;
+    let mut count = 0;
+    while pos < parent.end {
+        count += 1;
+        if count > MAX_ITEMS {
+            return Err("more MP4 boxes than any real file has".into());
+        }
+        let mut h = [0u8; 8];
+        if parent.end - pos < 8 || !read_at(file, pos, &mut h) {
+            return Err(format!("an MP4 box header at byte {pos} is cut short"));
+        }
+        let size32 = u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
+        let kind = [h[4], h[5], h[6], h[7]];
+        let (size, header) = match size32 {
+            0 => (parent.end - pos, 8),
+            1 => {
+                let mut large = [0u8; 8];
+                if !read_at(file, pos + 8, &mut large) {
+                    return Err(format!("the MP4 box '{}' is cut short", fourcc(&kind)));
+                }
+                (u64::from_be_bytes(large), 16)
+            }
+            n => (n, 8),
+        };
+        if depth == 0 && &kind == b"mdat" && size > parent.end - pos {
+            // Media data cut short (a truncated file): symphonia reads samples lazily, and
+            // the decoder reports the truncation with its position.
+            break;
+        }
+        if size < header || size > parent.end - pos {
+            return Err(format!(
+                "the MP4 box '{}' at byte {pos} claims {size} bytes, more than the {} it sits in",
+                fourcc(&kind),
+                parent.end - pos
+            ));
+        }
+        let b = Mp4Box {
+            start: pos,
+            body: pos + header,
+            end: pos + size,
+            kind,
+        };
+        match &kind {
+            b"moov" | b"trak" | b"mdia" | b"minf" | b"stbl" | b"dinf" | b"edts" | b"mvex"
+            | b"udta" => check_mp4_children(file, &b, len, depth + 1)?,
+            b"stts" | b"stsc" | b"stco" | b"co64" | b"ctts" | b"stss" | b"stsz" | b"elst" => {
+                check_mp4_table(file, &b, len)?
+            }
+            // Version/flags, pre-defined, handler type, reserved: 24 bytes before the name
+            // (symphonia subtracts them from the length unchecked).
+            b"hdlr" if b.end - b.body < 24 => {
+                return Err(format!("the MP4 handler box at byte {pos} is cut short"));
+            }
+            _ => {}
+        }
+        pos = b.end;
+    }
+    Ok(())
+}
+
+/// A sample table's declared entries against its box; `stsz` sizes against the file.
+fn check_mp4_table(file: &mut File, b: &Mp4Box, len: u64) -> Result<(), String> {
+    let payload = b.end - b.body;
+    let mut head = [0u8; 12];
+    let got = payload.min(12) as usize;
+    if got < 8 || !read_at(file, b.body, &mut head[..got]) {
+        return Err(format!("the MP4 table '{}' is cut short", fourcc(&b.kind)));
+    }
+    let u32_at = |o: usize| {
+        u64::from(u32::from_be_bytes([
+            head[o],
+            head[o + 1],
+            head[o + 2],
+            head[o + 3],
+        ]))
+    };
+    let version = head[0];
+    let (count, entry, first) = match &b.kind {
+        b"stsz" => {
+            if got < 12 {
+                return Err("the MP4 table 'stsz' is cut short".into());
+            }
+            let sample_size = u32_at(4);
+            if sample_size > len {
+                return Err(format!(
+                    "the MP4 sample size {sample_size} is larger than the file ({len} bytes)"
+                ));
+            }
+            let count = u32_at(8);
+            (count, if sample_size == 0 { 4 } else { 0 }, 12)
+        }
+        b"stts" | b"ctts" => (u32_at(4), 8, 8),
+        b"stsc" => (u32_at(4), 12, 8),
+        b"stco" | b"stss" => (u32_at(4), 4, 8),
+        b"co64" => (u32_at(4), 8, 8),
+        b"elst" => (u32_at(4), if version == 1 { 20 } else { 12 }, 8),
+        _ => return Ok(()),
+    };
+    if count.saturating_mul(entry) > payload.saturating_sub(first) {
+        return Err(format!(
+            "the MP4 table '{}' declares {count} entries, more than its {payload} bytes hold",
+            fourcc(&b.kind)
+        ));
+    }
+    if &b.kind == b"stsz" && entry == 4 {
+        // Each sample must fit in the file: symphonia allocates a packet of that size.
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = count * 4;
+        let mut pos = b.body + 12;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            if !read_at(file, pos, &mut buf[..n]) {
+                return Err("the MP4 table 'stsz' is cut short".into());
+            }
+            if let Some(big) = buf[..n]
+                .chunks_exact(4)
+                .map(|c| u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+                .find(|&s| s > len)
+            {
+                return Err(format!(
+                    "an MP4 sample claims {big} bytes, more than the whole file ({len} bytes)"
+                ));
+            }
+            left -= n as u64;
+            pos += n as u64;
+        }
+    }
+    Ok(())
+}
+
 /// The codecs of the logical streams an Ogg file starts (its beginning-of-stream pages within
 /// `head`): "vorbis", "opus", "flac", "speex", "theora", "skeleton", … or "unknown".
 pub(crate) fn ogg_stream_codecs(head: &[u8]) -> Vec<&'static str> {

@@ -24,6 +24,9 @@ use crate::sniff::{mp3_has_length_header, sniff, Sniff, SNIFF_LEN};
 
 /// Highest sample rate accepted from a header; above this it is garbage, not audio.
 pub const MAX_SAMPLE_RATE: u32 = 768_000;
+/// Lowest sample rate accepted: below this (telephony is 8 kHz) it is garbage too, and
+/// resampling it to 48 kHz would turn a small file into days of audio (found by fuzzing).
+pub const MIN_SAMPLE_RATE: u32 = 1_000;
 /// Highest channel count accepted from a header.
 pub const MAX_CHANNELS: u16 = 64;
 
@@ -126,6 +129,13 @@ impl AudioDecoder {
         let mut hint = Hint::new();
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
             hint.with_extension(ext);
+        }
+        if matches!(container, "m4a" | "mp4") {
+            crate::container::check_mp4(&mut file).map_err(|detail| AudioError::Corrupt {
+                path: path.to_path_buf(),
+                at_s: Some(0.0),
+                detail,
+            })?;
         }
         // Metadata and extra tracks we never use cannot fail the audio (see `container`).
         let patches = crate::container::patches_for(container, &mut file);
@@ -314,8 +324,7 @@ impl AudioDecoder {
                     if mono.is_empty() {
                         continue;
                     }
-                    if rate == 0
-                        || rate > MAX_SAMPLE_RATE
+                    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate)
                         || channels == 0
                         || usize::from(MAX_CHANNELS) < channels
                     {
@@ -738,9 +747,9 @@ fn check_wav_header(path: &Path, head: &[u8]) -> Result<bool> {
                     "channel count is {channels} (must be 1 to {MAX_CHANNELS})"
                 )));
             }
-            if rate == 0 || rate > MAX_SAMPLE_RATE {
+            if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
                 return Err(invalid(format!(
-                    "sample rate is {rate} Hz (must be 1 to {MAX_SAMPLE_RATE} Hz)"
+                    "sample rate is {rate} Hz (must be {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz)"
                 )));
             }
             if align == 0 {
@@ -844,9 +853,9 @@ fn check_params(path: &Path, p: &CodecParameters) -> Result<()> {
         detail,
     };
     if let Some(rate) = p.sample_rate {
-        if rate == 0 || rate > MAX_SAMPLE_RATE {
+        if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
             return Err(invalid(format!(
-                "sample rate is {rate} Hz (must be 1 to {MAX_SAMPLE_RATE} Hz)"
+                "sample rate is {rate} Hz (must be {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz)"
             )));
         }
     }

@@ -30,7 +30,9 @@ mod sniff;
 mod stream;
 mod windows;
 
-pub use decode::{AudioDecoder, AudioInfo, MAX_CHANNELS, MAX_SAMPLE_MAGNITUDE, MAX_SAMPLE_RATE};
+pub use decode::{
+    AudioDecoder, AudioInfo, MAX_CHANNELS, MAX_SAMPLE_MAGNITUDE, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE,
+};
 pub use error::{AudioError, ErrorKind, Result, SUPPORTED_FORMATS};
 pub use resample::{
     resample_to_model_rate, StreamResampler, F_CUTOFF_DOWN, F_CUTOFF_UP, MAX_EXACT_PHASES, SINC_LEN,

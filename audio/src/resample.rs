@@ -174,7 +174,7 @@ impl Design {
 impl StreamResampler {
     /// A resampler from `in_rate` Hz to 48 kHz (pass-through when `in_rate` is 48 kHz).
     pub fn new(in_rate: u32) -> Result<Self> {
-        if in_rate == 0 || in_rate > crate::decode::MAX_SAMPLE_RATE {
+        if !(crate::decode::MIN_SAMPLE_RATE..=crate::decode::MAX_SAMPLE_RATE).contains(&in_rate) {
             return Err(resample_err(format!(
                 "input sample rate {in_rate} Hz is out of range"
             )));

@@ -162,7 +162,7 @@ fn long_runs_of_bad_packets_never_make_a_big_chunk() {
         seed ^= seed << 13;
         seed ^= seed >> 17;
         seed ^= seed << 5;
-        if *b != 0xff && seed % 3 == 0 {
+        if *b != 0xff && seed.is_multiple_of(3) {
             *b = (seed >> 8) as u8 & 0x7f;
         }
     }
