@@ -228,10 +228,16 @@ triage() {
         [[ -f "$f" ]] || continue
         local log what where
         log="$(RUST_BACKTRACE=1 timeout 60 "$bin" <"$f" 2>&1 || true)"
-        what="$(grep -m1 -E "panicked at|^traum-fuzz: refusing|memory allocation of" <<<"$log" |
-            sed -E 's/[0-9]{6,}/N/g; s/\(([0-9]+)\)//')"
-        where="$(grep -E "^ +at /" <<<"$log" | grep -v -E "/rustc/|/library/|afl-[0-9.]+/src" |
-            head -2 | sed -E 's|.*/registry/src/[^/]+/||; s|^ +at ||' | paste -sd' ')"
+        if grep -q "panicked at" <<<"$log"; then
+            # "thread 'main' (PID) panicked at FILE:LINE:COL:" then the message.
+            where="$(grep -m1 "panicked at" <<<"$log" | sed -E 's/.*panicked at //; s/:$//' || true)"
+            what="$(grep -A1 -m1 "panicked at" <<<"$log" | tail -1 | cut -c1-160 || true)"
+        else
+            what="$(grep -m1 -E "^traum-fuzz: refusing|memory allocation of|^[A-Za-z].*" <<<"$log" |
+                sed -E 's/[0-9]{6,}/N/g' | cut -c1-160 || true)"
+            where="$(grep -E "^ +at " <<<"$log" | grep -v -E "/rustc/|/library/|afl-[0-9.]+/src" |
+                head -2 | sed -E 's|.*/registry/src/[^/]+/||; s|^ +at ||' | paste -sd' ' || true)"
+        fi
         printf '%s\t%s\t%s\t%s\n' "${what:-exit without message}" "${where:-?}" "$(stat -c %s "$f")" "$f"
     done | sort -t$'\t' -k1,2 -k3n | awk -F'\t' '
         { key = $1 "\t" $2; n[key]++; if (!(key in first)) { first[key] = $4; size[key] = $3; order[++k] = key } }

@@ -82,6 +82,17 @@ pub enum FeaturesError {
         /// Its value.
         value: f32,
     },
+    /// A sample far beyond full scale: its power would overflow f32 (found by fuzzing).
+    #[error(
+        "audio sample {index} is {value}, far beyond full scale (at most ±{MAX_SAMPLE_MAGNITUDE}): \
+         the waveform is not audio in [-1, 1]; scale or repair it before computing features"
+    )]
+    TooLoud {
+        /// Index of the first offending sample.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
     /// [`MelFrontEnd::batch`] was given no windows.
     #[error("empty batch: pass at least one audio window")]
     EmptyBatch,
@@ -98,6 +109,10 @@ pub enum FeaturesError {
     #[error("cannot build the feature tensor: {0}")]
     Candle(#[from] candle_core::Error),
 }
+
+/// Largest sample magnitude the front end takes: a 1024-point frame of such samples still
+/// has a power well inside f32 (real audio is within ±1; decoders clamp far below this).
+pub const MAX_SAMPLE_MAGNITUDE: f32 = 1.0e6;
 
 /// Hugging Face `preprocessor_config.json` of a CLAP checkpoint.
 ///
@@ -509,6 +524,12 @@ impl MelFrontEnd {
         }
         if let Some(index) = samples.iter().position(|x| !x.is_finite()) {
             return Err(FeaturesError::NonFinite {
+                index,
+                value: samples[index],
+            });
+        }
+        if let Some(index) = samples.iter().position(|x| x.abs() > MAX_SAMPLE_MAGNITUDE) {
+            return Err(FeaturesError::TooLoud {
                 index,
                 value: samples[index],
             });

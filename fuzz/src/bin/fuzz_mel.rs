@@ -4,6 +4,7 @@
 static ALLOC: traum_fuzz::CappedAlloc = traum_fuzz::CappedAlloc;
 
 fn main() {
+    traum_fuzz::warm_up_mel();
     afl::fuzz!(|data: &[u8]| {
         traum_fuzz::mel(data);
     });
