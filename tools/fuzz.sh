@@ -15,18 +15,20 @@
 #                                             crashes and hangs
 #   tools/fuzz.sh replay TARGET FILE...       run inputs through the AFL binary outside AFL
 #                                             (RUST_BACKTRACE=1), e.g. a file from crashes/
+#   TARGET: decode | windows | mel
 #
 # After a run with crashes or hangs: `triage`, then copy one input per bug into
 # fuzz/corpus/TARGET/ as crash-<what> or hang-<what>; `cargo test -p traum-fuzz` then fails
 # on it until the bug is fixed.
-#   TARGET: decode | windows | mel
 #
 # Environment:
 #   FUZZ_TIMEOUT_MS   per-input time cap for afl-fuzz -t (default: per target, see below)
 #   FUZZ_MEM_MB       memory cap for afl-fuzz -m (default 1024)
 #   FUZZ_RESUME=1     continue the previous run in target/afl-out/TARGET instead of restarting
-#   AFL_FUZZ          afl-fuzz to use (default: cargo-afl's build of AFL++, via `cargo afl fuzz`;
-#                     set AFL_FUZZ=/usr/bin/afl-fuzz for Debian's afl++)
+#
+# afl-fuzz, afl-cmin and afl-showmap are cargo-afl's own AFL++ 4.40c build (`cargo afl fuzz`,
+# `cargo afl cmin`): the binaries link its runtime, whose fork-server protocol Debian's
+# /usr/bin/afl-fuzz (4.04c) does not speak ("Unable to request new process from fork server").
 #
 # Outputs: binaries in target/afl/release/fuzz_TARGET (CARGO_TARGET_DIR=target/afl), the
 # campaign in target/afl-out/TARGET/default/{queue,crashes,hangs,fuzzer_stats}, the minimised
@@ -87,19 +89,13 @@ build() {
 # afl-cmin finds afl-showmap on PATH first: put the matching AFL++ build in front (Debian's
 # /usr/bin/afl-showmap 4.04c does not understand 4.40c's afl-cmin).
 afl_bin_dir() {
-    if [[ -n "${AFL_FUZZ:-}" ]]; then dirname "$AFL_FUZZ"; return; fi
     local commit
     commit="$(rustc -vV | awk '/^commit-hash/ { print substr($2, 1, 7) }')"
     ls -d "${XDG_DATA_HOME:-$HOME/.local/share}"/afl.rs/rustc-*-"$commit"/afl.rs-*/afl/bin 2>/dev/null |
         tail -1
 }
-if [[ -n "${AFL_FUZZ:-}" ]]; then
-    AFL_FUZZ_CMD=("$AFL_FUZZ")
-    AFL_CMIN_CMD=("$(dirname "$AFL_FUZZ")/afl-cmin")
-else
-    AFL_FUZZ_CMD=(cargo afl fuzz)
-    AFL_CMIN_CMD=(cargo afl cmin)
-fi
+AFL_FUZZ_CMD=(cargo afl fuzz)  # cargo-afl adds -c0 (CmpLog from the same binary: a no-op here)
+AFL_CMIN_CMD=(cargo afl cmin)
 with_afl_path() {
     local dir
     dir="$(afl_bin_dir)"

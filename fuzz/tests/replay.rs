@@ -92,7 +92,9 @@ fn replay_in_child(target: &str, file: &Path) -> Result<(), String> {
     use std::io::{Read, Seek};
     let _ = log.seek(std::io::SeekFrom::Start(0));
     let _ = log.read_to_string(&mut text);
-    // The panic message, or the allocator's note: the lines that say what went wrong.
+    // The panic message, or the allocator's note: the lines that say what went wrong (libtest
+    // prints "test replay_child ... " with no newline before them).
+    let text = text.replace("test replay_child ... ", "\n");
     let detail: Vec<&str> = text
         .lines()
         .filter(|l| {
