@@ -142,29 +142,33 @@ struct Mp4Box {
     kind: [u8; 4],
 }
 
-/// The boxes in `[from, to)`.
+/// The header of the box at `pos` in a parent ending at `end`: its type, its declared size
+/// (a size of 0 runs to `end`) and the header's own length; `None` if it cannot be read.
+fn box_header(file: &mut File, pos: u64, end: u64) -> Option<([u8; 4], u64, u64)> {
+    let mut h = [0u8; 8];
+    if end.saturating_sub(pos) < 8 || !read_at(file, pos, &mut h) {
+        return None;
+    }
+    let kind = [h[4], h[5], h[6], h[7]];
+    match u32::from_be_bytes([h[0], h[1], h[2], h[3]]) {
+        0 => Some((kind, end - pos, 8)),
+        1 => {
+            let mut large = [0u8; 8];
+            read_at(file, pos + 8, &mut large).then_some((kind, u64::from_be_bytes(large), 16))
+        }
+        n => Some((kind, u64::from(n), 8)),
+    }
+}
+
+/// The boxes in `[from, to)`, up to the first that cannot be read or does not fit.
 fn mp4_boxes(file: &mut File, from: u64, to: u64) -> Vec<Mp4Box> {
     let mut out = Vec::new();
     let mut pos = from;
-    while pos + 8 <= to && out.len() < MAX_ITEMS {
-        let mut h = [0u8; 8];
-        if !read_at(file, pos, &mut h) {
+    while out.len() < MAX_ITEMS {
+        let Some((kind, size, header)) = box_header(file, pos, to) else {
             break;
-        }
-        let size32 = u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
-        let kind = [h[4], h[5], h[6], h[7]];
-        let (size, header) = match size32 {
-            0 => (to - pos, 8),
-            1 => {
-                let mut large = [0u8; 8];
-                if !read_at(file, pos + 8, &mut large) {
-                    break;
-                }
-                (u64::from_be_bytes(large), 16)
-            }
-            n => (n, 8),
         };
-        if size < header || pos + size > to {
+        if size < header || size > to - pos {
             break;
         }
         out.push(Mp4Box {
@@ -274,22 +278,8 @@ fn check_mp4_children(
         if count > MAX_ITEMS {
             return Err("more MP4 boxes than any real file has".into());
         }
-        let mut h = [0u8; 8];
-        if parent.end - pos < 8 || !read_at(file, pos, &mut h) {
+        let Some((kind, size, header)) = box_header(file, pos, parent.end) else {
             return Err(format!("an MP4 box header at byte {pos} is cut short"));
-        }
-        let size32 = u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
-        let kind = [h[4], h[5], h[6], h[7]];
-        let (size, header) = match size32 {
-            0 => (parent.end - pos, 8),
-            1 => {
-                let mut large = [0u8; 8];
-                if !read_at(file, pos + 8, &mut large) {
-                    return Err(format!("the MP4 box '{}' is cut short", fourcc(&kind)));
-                }
-                (u64::from_be_bytes(large), 16)
-            }
-            n => (n, 8),
         };
         if depth == 0 && &kind == b"mdat" && size > parent.end - pos {
             // Media data cut short (a truncated file): symphonia reads samples lazily, and

@@ -347,6 +347,13 @@ pub enum Protocol {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// What a subscription's next message was.
+enum Event {
+    Data(Value),
+    Error(Value),
+    End(String),
+}
+
 /// One subscription on its own WebSocket.
 pub struct Subscription {
     ws: Ws,
@@ -423,52 +430,42 @@ impl Subscription {
 
     /// The next `data`; `Err` with the server's error message (or why the stream ended).
     pub async fn next_result(&mut self, timeout: Duration) -> Result<Value, String> {
+        match self.next_event(timeout).await {
+            Event::Data(v) => Ok(v),
+            Event::Error(v) => Err(format!("{v}")),
+            Event::End(why) => Err(why),
+        }
+    }
+
+    /// The next `data` of the subscription, or `None` on timeout or end; a server error
+    /// fails the test.
+    pub async fn next_timeout(&mut self, timeout: Duration) -> Option<Value> {
+        match self.next_event(timeout).await {
+            Event::Data(v) => Some(v),
+            Event::Error(v) => panic!("subscription error: {v:#}"),
+            Event::End(_) => None,
+        }
+    }
+
+    /// Reads messages (answering pings) until data, an error or the end of the stream.
+    async fn next_event(&mut self, timeout: Duration) -> Event {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .map_err(|_| "timed out".to_string())?
-                .ok_or("connection closed")?
-                .map_err(|e| e.to_string())?;
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Event::End("timed out".into()),
+                Ok(None) => return Event::End("connection closed".into()),
+                Ok(Some(Err(e))) => return Event::End(e.to_string()),
+                Ok(Some(Ok(msg))) => msg,
+            };
             match msg {
                 Message::Text(t) => {
                     let v: Value = serde_json::from_str(&t).unwrap();
                     match v["type"].as_str() {
                         Some("next" | "data") if v["payload"]["errors"].is_null() => {
-                            return Ok(v["payload"]["data"].clone())
+                            return Event::Data(v["payload"]["data"].clone())
                         }
-                        Some("next" | "data" | "error") => return Err(format!("{v}")),
-                        Some("complete") => return Err("completed".into()),
-                        _ => {}
-                    }
-                }
-                Message::Close(frame) => return Err(format!("closed: {frame:?}")),
-                _ => {}
-            }
-        }
-    }
-
-    /// The next `data` of the subscription, or `None` on timeout or end.
-    pub async fn next_timeout(&mut self, timeout: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()??
-                .ok()?;
-            match msg {
-                Message::Text(t) => {
-                    let v: Value = serde_json::from_str(&t).unwrap();
-                    match v["type"].as_str() {
-                        Some("next" | "data") => {
-                            assert!(
-                                v["payload"]["errors"].is_null(),
-                                "subscription error: {v:#}"
-                            );
-                            return Some(v["payload"]["data"].clone());
-                        }
-                        Some("error") => panic!("subscription error: {v:#}"),
-                        Some("complete") => return None,
+                        Some("next" | "data" | "error") => return Event::Error(v),
+                        Some("complete") => return Event::End("completed".into()),
                         Some("ping") => {
                             let _ = self
                                 .ws
@@ -478,7 +475,7 @@ impl Subscription {
                         _ => {}
                     }
                 }
-                Message::Close(_) => return None,
+                Message::Close(frame) => return Event::End(format!("closed: {frame:?}")),
                 _ => {}
             }
         }
