@@ -178,6 +178,104 @@ def mel_seeds():
     }
 
 
+def multipart_seed(body, boundary=b"b0undary", pattern=(0, 0, 0, 0)):
+    """`multipart` target input: 4 chunk-pattern bytes, the boundary, a newline, the body."""
+    return bytes(pattern) + boundary + b"\n" + body
+
+
+def form(parts, boundary=b"b0undary", close=True):
+    """A multipart/form-data body from (name, filename or None, bytes) parts."""
+    out = b""
+    for name, filename, data in parts:
+        out += b"--" + boundary + b"\r\n"
+        disp = b'Content-Disposition: form-data; name="' + name + b'"'
+        if filename is not None:
+            disp += b'; filename="' + filename + b'"'
+        out += disp + b"\r\n"
+        if filename is not None:
+            out += b"Content-Type: application/octet-stream\r\n"
+        out += b"\r\n" + data + b"\r\n"
+    if close:
+        out += b"--" + boundary + b"--\r\n"
+    return out
+
+
+def multipart_seeds():
+    t = tone(64)
+    wav16 = wav(1, 1, 8000, 16, b"".join(struct.pack("<h", int(x * 32767)) for x in t))
+    one = b'{"query":"mutation($f: Upload!) { uploadFile(file: $f) { id } }","variables":{"f":null}}'
+    two = (b'{"query":"mutation($fs: [Upload!]!) { uploadFiles(files: $fs) { __typename } }",'
+           b'"variables":{"fs":[null,null]}}')
+    batch = (b'[{"query":"mutation($f: Upload!) { uploadFile(file: $f) { id } }","variables":{"f":null}},'
+             b'{"query":"mutation($f: Upload!) { uploadFile(file: $f) { id } }","variables":{"f":null}}]')
+    return {
+        "single.bin": multipart_seed(form([(b"operations", None, one), (b"map", None, b'{"0":["variables.f"]}'),
+                                           (b"0", b"tone.wav", wav16)])),
+        "two_files.bin": multipart_seed(form([(b"operations", None, two),
+                                              (b"map", None, b'{"0":["variables.fs.0"],"1":["variables.fs.1"]}'),
+                                              (b"0", b"a.wav", wav16), (b"1", b"b.txt", b"hello")])),
+        "one_part_two_vars.bin": multipart_seed(form([(b"operations", None, two),
+                                                      (b"map", None, b'{"0":["variables.fs.0","variables.fs.1"]}'),
+                                                      (b"0", b"a.wav", wav16)])),
+        "batched.bin": multipart_seed(form([(b"operations", None, batch),
+                                            (b"map", None, b'{"0":["0.variables.f"],"1":["1.variables.f"]}'),
+                                            (b"0", b"a.wav", wav16), (b"1", b"../../etc/passwd", wav16)])),
+        "second_map.bin": multipart_seed(form([(b"operations", None, one), (b"map", None, b'{"0":["variables.f"]}'),
+                                               (b"0", b"a.wav", wav16), (b"map", None, b'{"1":["variables.f"]}')])),
+        "repeated_part.bin": multipart_seed(form([(b"operations", None, one), (b"map", None, b'{"0":["variables.f"]}'),
+                                                  (b"0", b"a.wav", wav16), (b"0", b"a.wav", wav16)])),
+        "file_before_map.bin": multipart_seed(form([(b"operations", None, one), (b"0", b"a.wav", wav16),
+                                                    (b"map", None, b'{"0":["variables.f"]}')])),
+        "missing_part.bin": multipart_seed(form([(b"operations", None, one),
+                                                 (b"map", None, b'{"0":["variables.f"],"1":["variables.g"]}'),
+                                                 (b"0", b"a.wav", wav16)])),
+        "too_large.bin": multipart_seed(form([(b"operations", None, one), (b"map", None, b'{"0":["variables.f"]}'),
+                                              (b"0", b"big.wav", wav16 + bytes(9000))])),
+        "too_many.bin": multipart_seed(form([(b"operations", None, two),
+                                             (b"map", None, b'{"0":["variables.fs.0"],"1":["a"],"2":["b"],"3":["c"],"4":["d"]}')])),
+        "bad_path.bin": multipart_seed(form([(b"operations", None, one), (b"map", None, b'{"0":["variables.nope.9"]}'),
+                                             (b"0", b"a.wav", wav16)])),
+        "truncated.bin": multipart_seed(form([(b"operations", None, one), (b"map", None, b'{"0":["variables.f"]}'),
+                                              (b"0", b"a.wav", wav16)], close=False)[:-40]),
+        "split_chunks.bin": multipart_seed(form([(b"operations", None, one), (b"map", None, b'{"0":["variables.f"]}'),
+                                                 (b"0", b"a.wav", wav16)]), pattern=(1, 2, 3, 0)),
+    }
+
+
+def graphql_seed(body, as_json):
+    """`graphql` target input: a mode byte (0: the rest is a JSON request body; 1: a query)."""
+    return bytes([0 if as_json else 1]) + body
+
+
+def graphql_seeds():
+    root = os.path.dirname(os.path.abspath(__file__))
+    seeds = {}
+    for rel in ("../tests/fixtures/graphql/introspection.graphql",
+                "../tests/fixtures/graphql/introspection-all-options.graphql",
+                "../client/src/api/operations.graphql"):
+        with open(os.path.join(root, rel), "rb") as f:
+            seeds[os.path.basename(rel) + ".bin"] = graphql_seed(f.read(), False)
+    seeds.update({
+        "aliases.bin": graphql_seed(b"{ " + b" ".join(b"a%d: health { status }" % i for i in range(50)) + b" }", False),
+        "fragments.bin": graphql_seed(
+            b"query Q { files(first: 5) { nodes { ...F } } } fragment F on AudioFile { id ...G } "
+            b"fragment G on AudioFile { filename durationS }", False),
+        "fragment_cycle.bin": graphql_seed(b"{ files { nodes { ...A } } } fragment A on AudioFile { ...B } "
+                                           b"fragment B on AudioFile { ...A }", False),
+        "deep.bin": graphql_seed(b"{ " + b"files { nodes { similarTo: __typename " * 10 + b"id" + b" } }" * 10 + b" }", False),
+        "search.bin": graphql_seed(
+            b'{"query":"query($q: String!) { search(text: $q, limit: 10) { results { score file { id } } latencyMs } }",'
+            b'"variables":{"q":"warm analog bass"}}', True),
+        "batch.bin": graphql_seed(b'[{"query":"{ health { status } }"},{"query":"{ access { scope } }"}]', True),
+        "named_op.bin": graphql_seed(
+            b'{"query":"query A { health { status } } query B { stats { files bytes } }","operationName":"B"}', True),
+        "mutation.bin": graphql_seed(b'{"query":"mutation { deleteFile(id: \\"00000000-0000-0000-0000-000000000000\\") }"}', True),
+        "subscription.bin": graphql_seed(b'{"query":"subscription { libraryEvents { kind } }"}', True),
+        "nested_values.bin": graphql_seed(b'{"query":"{ files(first: [[[[1]]]]) { nodes { id } } }"}', True),
+    })
+    return seeds
+
+
 def main():
     root = os.path.dirname(os.path.abspath(__file__))
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "seeds-new")
@@ -185,6 +283,8 @@ def main():
         "decode": {**decode_seeds(), **ffmpeg_seeds()},
         "windows": windows_seeds(),
         "mel": mel_seeds(),
+        "multipart": multipart_seeds(),
+        "graphql": graphql_seeds(),
     }
     for target, seeds in sets.items():
         d = os.path.join(out, target)

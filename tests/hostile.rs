@@ -462,6 +462,143 @@ async fn introspection_batching_get_and_graphiql() {
     server.stop().await;
 }
 
+/// Requests built to exhaust a parser: nesting that recursive descent would follow until the
+/// stack overflows (which would abort the whole server), and WebSocket messages far past the
+/// request bound. Each is refused on its own and the server keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_nesting_and_huge_socket_messages_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data")).await;
+    let n = 200_000; // ~0.4–1 MB bodies, under --max-json-kb
+    let nested_selections = format!("{}{}", "{a".repeat(n), "}".repeat(n));
+    let nested_list = format!(
+        "{{ files(first: {}1{}) {{ nodes {{ id }} }} }}",
+        "[".repeat(n),
+        "]".repeat(n)
+    );
+    let nested_object = format!(
+        "{{ search(text: \"x\", filter: {}{}) {{ latencyMs }} }}",
+        "{a: ".repeat(n / 2),
+        "}".repeat(n / 2)
+    );
+    let nested_fragments = format!(
+        "{{ ...F0 }} {} fragment F{n} on Query {{ health {{ status }} }}",
+        (0..2000)
+            .map(|i| format!("fragment F{i} on Query {{ ...F{} }}", i + 1))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+    .replace(&format!("...F{}", 2000), &format!("...F{n}"));
+    for (what, query) in [
+        ("nested selections", nested_selections),
+        ("nested lists", nested_list),
+        ("nested objects", nested_object),
+        ("a chain of 2000 fragments", nested_fragments),
+    ] {
+        let res = server
+            .http()
+            .post(server.url("/graphql"))
+            .json(&json!({ "query": query }))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: no answer (did the server crash?): {e}"));
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert!(
+            status == 400 || (status == 200 && !body["errors"].is_null()),
+            "{what}: {status} {body:#}"
+        );
+        let text = body.to_string();
+        assert!(
+            text.len() < 100_000,
+            "{what}: the error echoes the query: {}…",
+            &text[..text.len().min(600)]
+        );
+        // The parser stops at its stack limit, validation at its recursion limit; either way
+        // a short message that says so, not the query quoted back.
+        let message = body["errors"][0]["message"].as_str().unwrap_or("");
+        assert!(
+            ["stack limit", "recursion depth", "too deep"]
+                .iter()
+                .any(|m| message.contains(m)),
+            "{what}: {message}"
+        );
+        assert_eq!(server.health().await["status"], "ok", "{what}");
+    }
+    // Variables nested past serde_json's limit are a request error, not a crash.
+    let deep_json = format!(
+        "{{\"query\":\"{{ health {{ status }} }}\",\"variables\":{{\"v\":{}1{}}}}}",
+        "[".repeat(n),
+        "]".repeat(n)
+    );
+    let res = server
+        .http()
+        .post(server.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(deep_json)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(server.health().await["status"], "ok");
+
+    // A subscription message of 8 MB: the socket is closed; others are unaffected.
+    let mut live = server
+        .subscribe_live(
+            "subscription { libraryEvents { fileId kind } }",
+            "libraryEvents",
+        )
+        .await;
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+        let url = format!("{}/graphql", server.base.replacen("http", "ws", 1));
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(Message::text(r#"{"type":"connection_init"}"#))
+            .await
+            .unwrap();
+        let huge = json!({"id": "1", "type": "subscribe", "payload": {
+            "query": format!("subscription {{ libraryEvents {{ fileId }} }} #{}", "x".repeat(8 << 20))
+        }});
+        // The server may close while this is still being written: that is the point.
+        let _ = ws.send(Message::text(huge.to_string())).await;
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(msg) = ws.next().await {
+                match msg {
+                    Ok(Message::Text(t)) => assert!(
+                        !t.contains("\"next\"") && !t.contains("\"data\""),
+                        "an 8 MB message was taken: {t}"
+                    ),
+                    Ok(Message::Close(_)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the socket with an 8 MB message stays open");
+    }
+    let (_, res) = server.upload_file("after.wav", wav(300.0)).await;
+    let id = res["data"]["uploadFile"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    loop {
+        let e = live
+            .next_timeout(Duration::from_secs(60))
+            .await
+            .expect("the other subscription still gets events");
+        if e["libraryEvents"]["fileId"] == id.as_str() {
+            break;
+        }
+    }
+    server.stop().await;
+}
+
 /// A clip longer than --max-clip-s is refused with CLIP_TOO_LONG; a shorter one searches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_clips_are_bounded() {

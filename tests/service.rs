@@ -543,9 +543,16 @@ async fn restart_keeps_files_vectors_and_stats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_removes_everything_even_mid_processing() {
     let dir = tempfile::tempdir().unwrap();
+    // One worker: a file queued after the delete is processed only once the deleted file's
+    // worker has stopped, which makes "nothing is written afterwards" checkable without
+    // waiting and hoping.
     let server = Server::start_with(
         &dir.path().join("data"),
-        Options::default().arg("--batch-size").arg("1"),
+        Options::default()
+            .arg("--batch-size")
+            .arg("1")
+            .arg("--workers")
+            .arg("1"),
     )
     .await;
     let outcomes = server
@@ -648,13 +655,24 @@ async fn delete_removes_everything_even_mid_processing() {
             break;
         }
     }
-    // The worker stops; no vectors of the deleted file appear afterwards.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The worker stops; no vectors of the deleted file appear afterwards. The one worker
+    // takes the next file only after it has let go of the deleted one: once that file is
+    // indexed, whatever the deleted file's worker would have written is there to see.
+    let after = server
+        .upload_files(vec![(
+            "after.wav".into(),
+            wav_i16(48_000, &tone(700.0, 2.0, 0.5)),
+        )])
+        .await;
+    let after = self::ids(&after);
+    for d in server.wait_done(&after).await {
+        assert_eq!(d["status"], "INDEXED", "{d:#}");
+    }
     let health = server.health().await;
-    assert_eq!(health["vectorStore"]["files"], 1.0, "{health:#}");
-    assert_eq!(health["vectorStore"]["windows"], 1.0, "{health:#}");
+    assert_eq!(health["vectorStore"]["files"], 2.0, "{health:#}");
+    assert_eq!(health["vectorStore"]["windows"], 2.0, "{health:#}");
     assert_eq!(health["queue"]["processing"], 0);
-    assert_eq!(walk_files(&stored), 1);
+    assert_eq!(walk_files(&stored), 2);
     server.stop().await;
 }
 

@@ -2,7 +2,7 @@
 # Coverage-guided fuzzing of the traum-fuzz targets with AFL++ (cargo-afl), on stable Rust.
 #
 # Usage:
-#   tools/fuzz.sh build                       install cargo-afl if missing, build the targets
+#   tools/fuzz.sh build [TARGET...]           install cargo-afl if missing, build the targets
 #   tools/fuzz.sh run TARGET [LIMIT]          build, fuzz TARGET, minimise, report
 #                                             LIMIT: 600s / 10m / 1h (wall time, default 10m)
 #                                                    or 200000x (executions)
@@ -15,10 +15,10 @@
 #                                             crashes and hangs
 #   tools/fuzz.sh replay TARGET FILE...       run inputs through the AFL binary outside AFL
 #                                             (RUST_BACKTRACE=1), e.g. a file from crashes/
-#   TARGET: decode | windows | mel
+#   TARGET: decode | windows | mel | multipart | graphql
 #
 # After a run with crashes or hangs: `triage`, then copy one input per bug into
-# fuzz/corpus/TARGET/ as crash-<what> or hang-<what>; `cargo test -p traum-fuzz` then fails
+# fuzz/corpus/TARGET/ as crash-<what> or hang-<what>; `cargo test --test replay` then fails
 # on it until the bug is fixed.
 #
 # Environment:
@@ -32,12 +32,14 @@
 #
 # Outputs: binaries in target/afl/release/fuzz_TARGET (CARGO_TARGET_DIR=target/afl), the
 # campaign in target/afl-out/TARGET/default/{queue,crashes,hangs,fuzzer_stats}, the minimised
-# corpus in fuzz/corpus/TARGET (replayed by `cargo test -p traum-fuzz`). Heavy steps run under
+# corpus in fuzz/corpus/TARGET (replayed by `cargo test --test replay`). Heavy steps run under
 # `nice -n 19`. See fuzz/README.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TARGETS=(decode windows mel)
+TARGETS=(decode windows mel multipart graphql)
+# Targets that need the server crate (feature `server`); the others build without it.
+SERVER_TARGETS=(multipart graphql)
 export CARGO_TARGET_DIR="$ROOT/target/afl"
 OUT_ROOT="$ROOT/target/afl-out"
 MEM_MB="${FUZZ_MEM_MB:-1024}"
@@ -64,6 +66,8 @@ timeout_ms() {
         decode) echo 5000 ;;
         windows) echo 5000 ;;
         mel) echo 1000 ;;
+        multipart) echo 1000 ;;
+        graphql) echo 1000 ;;
     esac
 }
 
@@ -80,10 +84,27 @@ ensure_cargo_afl() {
     fi
 }
 
+is_server_target() {
+    local t
+    for t in "${SERVER_TARGETS[@]}"; do [[ "$1" == "$t" ]] && return 0; done
+    return 1
+}
+
+# build [TARGET]: one target's binary, or all of them. The audio and model targets build
+# without the server crate (its dependency tree, instrumented, is most of the build time).
 build() {
     ensure_cargo_afl
-    echo "== building fuzz targets (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$ROOT" && nice -n 19 cargo afl build --release --features afl -p traum-fuzz)
+    local want=("$@") t
+    [[ ${#want[@]} -gt 0 ]] || want=("${TARGETS[@]}")
+    for t in "${want[@]}"; do
+        echo "== building fuzz_$t (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+        if is_server_target "$t"; then
+            (cd "$ROOT" && nice -n 19 cargo afl build --release --features afl -p traum-fuzz --bin "fuzz_$t")
+        else
+            (cd "$ROOT" && nice -n 19 cargo afl build --release --no-default-features --features afl \
+                -p traum-fuzz --bin "fuzz_$t")
+        fi
+    done
 }
 
 # afl-cmin finds afl-showmap on PATH first: put the matching AFL++ build in front (Debian's
@@ -131,7 +152,7 @@ run() {
         *s) limit_args=(-V "${limit%s}") ;;
         *) die "LIMIT '$limit': use e.g. 600s, 10m, 1h or 100000x" ;;
     esac
-    build
+    build "$t"
     mkdir -p "$OUT_ROOT"
     if [[ "${FUZZ_RESUME:-0}" == 1 && -d "$out/default/queue" ]]; then
         input=-
@@ -219,7 +240,7 @@ stats() {
 # two innermost frames outside std, so that one input per bug can be kept as a regression.
 triage() {
     local t="$1" bin="$CARGO_TARGET_DIR/release/fuzz_$1" out="$OUT_ROOT/$1/default" f
-    [[ -x "$bin" ]] || build
+    [[ -x "$bin" ]] || build "$t"
     for f in "$out"/crashes/id:*; do
         [[ -f "$f" ]] || continue
         local log what where
@@ -247,7 +268,7 @@ triage() {
 replay() {
     local t="$1" bin="$CARGO_TARGET_DIR/release/fuzz_$1" f
     shift
-    [[ -x "$bin" ]] || build
+    [[ -x "$bin" ]] || build "$t"
     for f in "$@"; do
         echo "== $f"
         RUST_BACKTRACE=1 "$bin" <"$f" && echo "ok" || echo "FAILED (status $?)"
@@ -256,7 +277,7 @@ replay() {
 
 cmd="${1:-}"
 case "$cmd" in
-    build) build ;;
+    build) shift; for t in "$@"; do check_target "$t"; done; build "$@" ;;
     run) [[ $# -ge 2 ]] || die "usage: $0 run TARGET [LIMIT]"; check_target "$2"; run "$2" "${3:-10m}" ;;
     cmin) [[ $# -eq 2 ]] || die "usage: $0 cmin TARGET"; check_target "$2"; cmin "$2" ;;
     stats) [[ $# -eq 2 ]] || die "usage: $0 stats TARGET"; check_target "$2"; stats "$2" ;;

@@ -934,8 +934,16 @@ fn codec_name(codec: CodecType) -> String {
     name.to_string()
 }
 
-/// Replaces NaN and infinite samples by silence and clamps absurd magnitudes; returns how many
-/// samples were not finite.
+/// Samples closer to zero than this become exactly zero (see [`sanitize`]).
+///
+/// 1e-20 is −400 dBFS, far below the quietest step any format stores (a 24-bit LSB is
+/// −144 dBFS), so no audible or embeddable signal changes. Without it, subnormal floats (which
+/// a float WAV can hold, and which the resampler's filter products would then keep making) run
+/// through the FPU's slow path: a stream of them resamples ~30× slower.
+pub const FLUSH_TO_ZERO_BELOW: f32 = 1e-20;
+
+/// Replaces NaN and infinite samples by silence, clamps absurd magnitudes and flushes
+/// near-zero (subnormal) values to zero; returns how many samples were not finite.
 fn sanitize(samples: &mut [f32]) -> usize {
     let mut nonfinite = 0;
     for s in samples.iter_mut() {
@@ -944,6 +952,8 @@ fn sanitize(samples: &mut [f32]) -> usize {
             nonfinite += 1;
         } else if s.abs() > MAX_SAMPLE_MAGNITUDE {
             *s = s.clamp(-MAX_SAMPLE_MAGNITUDE, MAX_SAMPLE_MAGNITUDE);
+        } else if s.abs() < FLUSH_TO_ZERO_BELOW {
+            *s = 0.0;
         }
     }
     nonfinite

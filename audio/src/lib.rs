@@ -31,7 +31,8 @@ mod stream;
 mod windows;
 
 pub use decode::{
-    AudioDecoder, AudioInfo, MAX_CHANNELS, MAX_SAMPLE_MAGNITUDE, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE,
+    AudioDecoder, AudioInfo, FLUSH_TO_ZERO_BELOW, MAX_CHANNELS, MAX_SAMPLE_MAGNITUDE,
+    MAX_SAMPLE_RATE, MIN_SAMPLE_RATE,
 };
 pub use error::{AudioError, ErrorKind, Result, SUPPORTED_FORMATS};
 pub use resample::{

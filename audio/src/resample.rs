@@ -220,6 +220,11 @@ impl StreamResampler {
     }
 
     /// Feeds input samples; returns whatever 48 kHz output is ready (may be empty).
+    ///
+    /// Input is expected as [`crate::AudioDecoder`] hands it out: finite, within
+    /// ±[`crate::MAX_SAMPLE_MAGNITUDE`], subnormals flushed. Anything else is still resampled
+    /// without a panic (NaN and ∞ spread through the filter to nearby output; subnormals are
+    /// slow), and [`Self::finish`] clears the state, so the next stream is clean.
     pub fn process(&mut self, input: &[f32]) -> Result<Vec<f32>> {
         self.n_in += input.len() as u64;
         let Some(e) = self.engine.as_mut() else {

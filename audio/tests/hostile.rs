@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use traum_audio::{
     decode_to_vec, sniff_container, windows_from_file, AudioDecoder, Container, ErrorKind, Sniffed,
-    MAX_SAMPLE_MAGNITUDE, WINDOW_SAMPLES,
+    FLUSH_TO_ZERO_BELOW, MAX_SAMPLE_MAGNITUDE, WINDOW_SAMPLES,
 };
 
 /// A file libFLAC, ffmpeg and every player read must decode here too, with its real length.
@@ -147,6 +147,39 @@ fn nan_and_inf_samples_become_silence_or_fail_the_file() {
     let err = decode_to_vec(&path).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
     assert!(err.to_string().contains("NaN or infinite"), "{err}");
+}
+
+/// Subnormal floats (a float WAV can hold them) become exact zeros at decode, so the resampler
+/// and the mel front end never run on the FPU's slow path; real signal, however quiet, stays.
+#[test]
+fn subnormal_samples_are_flushed_to_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = f32::MIN_POSITIVE / 4.0; // subnormal
+    assert!(tiny.is_subnormal());
+    let mut samples: Vec<f32> = (0..48_000)
+        .map(|i| if i % 2 == 0 { tiny } else { -tiny * 3.0 })
+        .collect();
+    // Quiet but real: a 24-bit LSB, and -300 dBFS.
+    samples[1000] = 1.0 / 8_388_608.0;
+    samples[1001] = 1e-15;
+    samples[1002] = FLUSH_TO_ZERO_BELOW * 0.5;
+    let path = write_file(dir.path(), "subnormal.wav", &float_wav(&samples, 48_000));
+    let mut dec = AudioDecoder::open(&path).unwrap();
+    let mut all = Vec::new();
+    while let Some(chunk) = dec.next_chunk().unwrap() {
+        all.extend(chunk);
+    }
+    assert_eq!(all.len(), samples.len());
+    assert_eq!(all[1000], 1.0 / 8_388_608.0);
+    assert_eq!(all[1001], 1e-15);
+    let flushed: Vec<usize> = (0..all.len()).filter(|&i| all[i] == 0.0).collect();
+    assert_eq!(
+        flushed.len(),
+        samples.len() - 2,
+        "every other sample is flushed"
+    );
+    assert!(all.iter().all(|s| !s.is_subnormal()));
+    assert_eq!(dec.nonfinite_samples(), 0, "flushing is not damage");
 }
 
 /// A crafted MP3 (valid frames, then a long run of frames whose data is garbage) at the

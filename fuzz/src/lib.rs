@@ -19,7 +19,18 @@ use traum_audio::{
 
 /// Every target by name, as the corpus directories (`corpus/<name>/`) and the AFL binaries
 /// (`fuzz_<name>`) call them.
-pub const TARGETS: &[(&str, Target)] = &[("decode", decode), ("windows", windows), ("mel", mel)];
+pub const TARGETS: &[(&str, Target)] = &[
+    ("decode", decode),
+    ("windows", windows),
+    ("mel", mel),
+    #[cfg(feature = "server")]
+    ("multipart", server::multipart),
+    #[cfg(feature = "server")]
+    ("graphql", server::graphql),
+];
+
+#[cfg(feature = "server")]
+pub mod server;
 
 /// A fuzz target: arbitrary bytes in; panics on a finding.
 pub type Target = fn(&[u8]);

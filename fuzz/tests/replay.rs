@@ -160,7 +160,7 @@ fn every_target_has_a_test() {
     let names: Vec<&str> = traum_fuzz::TARGETS.iter().map(|(n, _)| *n).collect();
     assert_eq!(
         names,
-        ["decode", "windows", "mel"],
+        ["decode", "windows", "mel", "multipart", "graphql"],
         "add a replay test for each target"
     );
 }
@@ -178,4 +178,14 @@ fn replay_windows() {
 #[test]
 fn replay_mel() {
     replay("mel");
+}
+
+#[test]
+fn replay_multipart() {
+    replay("multipart");
+}
+
+#[test]
+fn replay_graphql() {
+    replay("graphql");
 }

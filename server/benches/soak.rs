@@ -71,6 +71,10 @@ fn stage_rank(status: &str) -> i32 {
     }
 }
 
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -161,6 +165,8 @@ async fn main() {
     let mut indexed = 0;
     let mut rss_after_first = None;
     let mut peak_rss = 0;
+    // (seconds since the first upload, memory) after each round.
+    let mut rss_trace: Vec<(f64, support::Memory)> = Vec::new();
     let started = Instant::now();
     while rounds == 0 || Instant::now() < deadline {
         let mut ids = Vec::new();
@@ -198,20 +204,28 @@ async fn main() {
                 .await;
         }
         rounds += 1;
-        if let Some((rss, peak)) = server.rss_kib() {
-            peak_rss = peak_rss.max(peak);
+        let mut now = String::new();
+        if let Some(m) = server.memory_kib() {
+            peak_rss = peak_rss.max(m.peak);
             if rss_after_first.is_none() {
-                rss_after_first = Some(rss);
+                rss_after_first = Some(m);
             }
+            rss_trace.push((started.elapsed().as_secs_f64(), m));
+            now = format!(
+                ", server RSS {:.0} MiB (anon {:.0}, file {:.0})",
+                mib(m.rss),
+                mib(m.anon),
+                mib(m.file)
+            );
         }
         eprintln!(
-            "round {rounds}: {indexed} files indexed in {:.0} s",
+            "round {rounds}: {indexed} files indexed in {:.0} s{now}",
             started.elapsed().as_secs_f64()
         );
     }
     // Let the last events reach everyone.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_end = server.rss_kib().map(|r| r.0);
+    let mem_end = server.memory_kib();
 
     let mut lags = Vec::new();
     let mut complete = 0;
@@ -259,19 +273,37 @@ async fn main() {
         percentile(&lags, 0.99),
         lags.last().copied().unwrap_or(f64::NAN)
     );
-    if let (Some(first), Some(end)) = (rss_after_first, rss_end) {
+    if let (Some(first), Some(end)) = (rss_after_first, mem_end) {
         println!(
             "server RSS after round 1 / at end / peak     {:.0} / {:.0} / {:.0} MiB",
-            first as f64 / 1024.0,
-            end as f64 / 1024.0,
-            peak_rss as f64 / 1024.0
+            mib(first.rss),
+            mib(end.rss),
+            mib(peak_rss)
         );
+        let growth = |a: u64, b: u64| (b as f64 / a as f64 - 1.0) * 100.0;
         println!(
-            "RSS growth over {:.1} min                     {:+.1} %",
+            "RSS growth over {:.1} min                     {:+.1} % (anonymous {:.0} → {:.0} MiB \
+             {:+.1} %, file-backed {:.0} → {:.0} MiB)",
             started.elapsed().as_secs_f64() / 60.0,
-            (end as f64 / first as f64 - 1.0) * 100.0
+            growth(first.rss, end.rss),
+            mib(first.anon),
+            mib(end.anon),
+            growth(first.anon, end.anon),
+            mib(first.file),
+            mib(end.file)
         );
     }
+    // RSS over time, a line per minute (the last round of each), to tell growth from warm-up.
+    let mut minute = -1i64;
+    let mut trace_line = String::new();
+    for (t, m) in &rss_trace {
+        let at = (t / 60.0) as i64;
+        if at != minute {
+            minute = at;
+            trace_line.push_str(&format!(" {t:.0}s:{:.0}/{:.0}", mib(m.anon), mib(m.file)));
+        }
+    }
+    println!("server RSS trace (s: anon/file MiB)        {trace_line}");
     for h in handles {
         h.abort();
     }

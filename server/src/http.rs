@@ -226,8 +226,13 @@ async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request)
     };
     let schema = state.schema.clone();
     let auth = state.auth.clone();
+    // A subscription message is a GraphQL request like a POST body: the same bound (axum's
+    // default would let every socket buffer 64 MiB).
+    let max_message = state.config.max_json_bytes.max(64 * 1024);
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
         .on_upgrade(move |socket| {
             GraphQLWebSocket::new(socket, schema, protocol)
                 // A key in connection_init (browsers cannot set headers on a WebSocket)
@@ -639,6 +644,9 @@ async fn execute(state: &AppState, batch: BatchRequest, caller: Caller) -> Respo
 /// validation, limits, input coercion) get one here.
 fn add_error_codes(response: &mut async_graphql::Response) {
     for e in &mut response.errors {
+        if let Some(tidy) = tidy_error_message(&e.message) {
+            e.message = tidy;
+        }
         let has_code = e
             .extensions
             .as_ref()
@@ -656,6 +664,45 @@ fn add_error_codes(response: &mut async_graphql::Response) {
         e.extensions
             .get_or_insert_with(Default::default)
             .set("code", code);
+    }
+}
+
+/// Longest error message sent back, in bytes.
+const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// A shorter message for errors that would echo the request: the parser's syntax errors quote
+/// the whole offending line (a one-line query of 1 MB comes back whole) and draw a caret under
+/// the column. They become "syntax error at line L, column C: expected …"; anything else over
+/// [`MAX_ERROR_MESSAGE`] is cut. `None`: keep the message as it is.
+fn tidy_error_message(message: &str) -> Option<String> {
+    if let Some(rest) = message.strip_prefix(" --> ") {
+        let at = rest.lines().next().unwrap_or("").trim();
+        let (line, column) = at.split_once(':').unwrap_or((at, "?"));
+        let expected = message
+            .lines()
+            .rev()
+            .find_map(|l| l.trim_start().strip_prefix("= "))
+            .unwrap_or("unexpected input");
+        let mut tidy = format!("syntax error at line {line}, column {column}: {expected}");
+        truncate_at_char(&mut tidy, MAX_ERROR_MESSAGE);
+        return Some(tidy);
+    }
+    if message.len() > MAX_ERROR_MESSAGE {
+        let mut tidy = message.to_string();
+        truncate_at_char(&mut tidy, MAX_ERROR_MESSAGE);
+        tidy.push_str(&format!(" … ({} more bytes)", message.len() - tidy.len()));
+        return Some(tidy);
+    }
+    None
+}
+
+fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
     }
 }
 

@@ -73,6 +73,18 @@ impl Options {
     }
 }
 
+/// A process's resident memory, KiB: all of it, its peak, and the two kinds it is made of
+/// (anonymous: heap and stacks; file-backed: mapped files such as the index's segments and
+/// WAL, which the kernel can drop and reread).
+#[derive(Debug, Clone, Copy)]
+#[allow(dead_code)]
+pub struct Memory {
+    pub rss: u64,
+    pub peak: u64,
+    pub anon: u64,
+    pub file: u64,
+}
+
 impl Server {
     pub async fn start(data_dir: &Path) -> Server {
         Self::start_with(data_dir, Options::default()).await
@@ -143,6 +155,13 @@ impl Server {
 
     /// The server process's resident memory now and at its peak, KiB (Linux).
     pub fn rss_kib(&self) -> Option<(u64, u64)> {
+        let m = self.memory_kib()?;
+        Some((m.rss, m.peak))
+    }
+
+    /// The server's memory now (from `/proc/PID/status`), in KiB.
+    #[allow(dead_code)]
+    pub fn memory_kib(&self) -> Option<Memory> {
         let pid = self.child.id()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let field = |name: &str| {
@@ -154,7 +173,12 @@ impl Server {
                 .parse::<u64>()
                 .ok()
         };
-        Some((field("VmRSS:")?, field("VmHWM:")?))
+        Some(Memory {
+            rss: field("VmRSS:")?,
+            peak: field("VmHWM:")?,
+            anon: field("RssAnon:")?,
+            file: field("RssFile:")? + field("RssShmem:").unwrap_or(0),
+        })
     }
 
     pub fn log(&self) -> String {
