@@ -74,12 +74,16 @@ pub fn warm_up_multipart() {
 /// of the size its bytes on disk have; nothing staged remains once the request is dropped,
 /// whether it was accepted or refused.
 pub fn multipart(data: &[u8]) {
+    multipart_outcome(data);
+}
+
+/// [`multipart`], saying what became of the input: `None` if it holds no boundary line, else
+/// the number of uploads accepted, or the refusal.
+pub fn multipart_outcome(data: &[u8]) -> Option<Result<usize, String>> {
     let mut b = crate::Bytes(data);
     let pattern: Vec<usize> = (0..4).map(|_| crate::chunk_len(b.u8())).collect();
     let rest = b.0;
-    let Some(nl) = rest.iter().take(200).position(|&c| c == b'\n') else {
-        return;
-    };
+    let nl = rest.iter().take(200).position(|&c| c == b'\n')?;
     let boundary = String::from_utf8_lossy(&rest[..nl]);
     let content_type = format!("multipart/form-data; boundary={boundary}");
     let body = Bytes::copy_from_slice(&rest[nl + 1..]);
@@ -131,7 +135,7 @@ pub fn multipart(data: &[u8]) {
         &over_limit,
         MULTIPART_MAX_REQUEST_BYTES,
     ));
-    match &result {
+    let outcome = match &result {
         Ok(request) => {
             assert!(
                 !over_limit(),
@@ -173,15 +177,20 @@ pub fn multipart(data: &[u8]) {
                 variables, uploads,
                 "uploads in the operations and receipts differ"
             );
+            Ok(uploads)
         }
-        Err(e) => assert_refusal_is_coded(e),
-    }
+        Err(e) => {
+            assert_refusal_is_coded(e);
+            Err(e.to_string())
+        }
+    };
     drop(result);
     let left = leftover_files(incoming);
     assert!(
         left.is_empty(),
         "staged files outlived their request: {left:?}"
     );
+    Some(outcome)
 }
 
 /// A refused multipart request says why in one of the request-level ways (not an internal
@@ -250,4 +259,55 @@ pub fn graphql(data: &[u8]) {
     let response = runtime().block_on(schema().execute_batch(batch.data(caller)));
     serde_json::to_vec(&response)
         .unwrap_or_else(|e| panic!("the response does not serialise: {e}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed(name: &str) -> Vec<u8> {
+        let path = format!("{}/corpus/multipart/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The harness reaches the parser: well-formed seeds are accepted with their uploads, each
+    /// malformed one is refused for its own reason (not for a harness mistake such as a bad
+    /// boundary).
+    #[test]
+    fn multipart_seeds_reach_the_parser() {
+        for (name, uploads) in [
+            ("single.bin", 1),
+            ("two_files.bin", 2),
+            ("one_part_two_vars.bin", 2),
+            ("batched.bin", 2),
+            ("split_chunks.bin", 1),
+            ("too_large.bin", 1), // refused alone (TOO_LARGE), the request goes on
+        ] {
+            assert_eq!(multipart_outcome(&seed(name)), Some(Ok(uploads)), "{name}");
+        }
+        for (name, why) in [
+            ("second_map.bin", "sent twice"),
+            ("repeated_part.bin", "sent twice"),
+            ("file_before_map.bin", "must come after"),
+            ("missing_part.bin", "did not send"),
+            ("too_many.bin", "at most 4 files"),
+            ("bad_path.bin", "names no variable"),
+            ("truncated.bin", "multipart"),
+        ] {
+            match multipart_outcome(&seed(name)) {
+                Some(Err(e)) => assert!(e.contains(why), "{name}: {e}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn graphql_inputs_run() {
+        // Every mode and the limits: none may panic.
+        graphql(b"\x01{ health { status } }");
+        graphql(b"\x00{\"query\":\"{ access { scope } }\"}");
+        graphql(b"\x00[{\"query\":\"{ health { status } }\"}]");
+        let deep = format!("\x01{}{}", "{a".repeat(50_000), "}".repeat(50_000));
+        graphql(deep.as_bytes());
+    }
 }

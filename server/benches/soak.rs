@@ -9,7 +9,8 @@
 //!   while rounds of upload → index → delete go on for `--minutes`.
 //!
 //! Options (after `--`): `--subscribers N` (default 1000), `--files N` per round (default
-//! 200), `--minutes M` (default 10), `--batch N` files per upload request (default 20).
+//! 200), `--minutes M` (default 10), `--batch N` files per upload request (default 20),
+//! `--server-env K=V` (repeatable) for the server's environment.
 //! Targets (issue 8): p99 lag < 100 ms; RSS growth < 10 % over 10 minutes.
 
 #[path = "../../tests/support/mod.rs"]
@@ -27,6 +28,8 @@ struct Args {
     files: usize,
     minutes: f64,
     batch: usize,
+    /// `K=V` pairs for the server's environment (e.g. `MALLOC_ARENA_MAX=2`).
+    server_env: Vec<(String, String)>,
 }
 
 fn parse_args() -> Args {
@@ -35,6 +38,7 @@ fn parse_args() -> Args {
         files: 200,
         minutes: 10.0,
         batch: 20,
+        server_env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -44,6 +48,11 @@ fn parse_args() -> Args {
             "--files" => args.files = value().parse().unwrap(),
             "--minutes" => args.minutes = value().parse().unwrap(),
             "--batch" => args.batch = value().parse().unwrap(),
+            "--server-env" => {
+                let kv = value();
+                let (k, v) = kv.split_once('=').expect("--server-env K=V");
+                args.server_env.push((k.to_string(), v.to_string()));
+            }
             _ => {} // cargo bench passes --bench
         }
     }
@@ -87,15 +96,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn main() {
     let args = parse_args();
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(
-        &dir.path().join("data"),
-        support::Options::default()
-            .arg("--rate-limit-per-min")
-            .arg("0")
-            .arg("--max-files-per-request")
-            .arg(args.batch.max(1).to_string()),
-    )
-    .await;
+    let mut options = support::Options::default()
+        .arg("--rate-limit-per-min")
+        .arg("0")
+        .arg("--max-files-per-request")
+        .arg(args.batch.max(1).to_string());
+    for (k, v) in &args.server_env {
+        options = options.env(k, v);
+    }
+    let server = Server::start_with(&dir.path().join("data"), options).await;
     let server = Arc::new(server);
 
     // Subscribers, all live (SUBSCRIBED seen) before the first upload.

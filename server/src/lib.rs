@@ -21,3 +21,4 @@ pub mod metrics;
 pub mod pipeline;
 pub mod serve;
 pub mod storage;
+pub mod websocket;

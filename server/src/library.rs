@@ -104,6 +104,10 @@ pub struct Library {
     /// Serialises "write vectors + mark indexed" against delete/reprocess, so
     /// a file deleted mid-processing never gets its vectors back.
     pub(crate) commit_lock: tokio::sync::Mutex<()>,
+    /// Serialises "insert a file + announce it (QUEUED)" against a worker's claim, so that no
+    /// subscriber sees a file's DECODING before its QUEUED (a worker finishing another file
+    /// could otherwise claim the new row before its uploader has sent the event).
+    pub(crate) intake_lock: tokio::sync::Mutex<()>,
     pub shutdown: CancellationToken,
     /// Searches in flight (bounded: overload is an error, not a queue).
     searches: Arc<tokio::sync::Semaphore>,
@@ -169,6 +173,7 @@ impl Library {
             work: Notify::new(),
             active: Mutex::new(HashMap::new()),
             commit_lock: tokio::sync::Mutex::new(()),
+            intake_lock: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             searches: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_searches.max(1),
@@ -218,6 +223,7 @@ impl Library {
             size_bytes: staged.size as i64,
             container: staged.container.name().to_string(),
         };
+        let _intake = self.intake_lock.lock().await;
         let (row, created) = store::insert_or_get_by_hash(&self.db, new).await?;
         if created {
             self.metrics.uploads.with_label_values(&["created"]).inc();
@@ -285,6 +291,7 @@ impl Library {
         self.cancel_active(id);
         let _commit = self.commit_lock.lock().await;
         self.get(id).await?;
+        let _intake = self.intake_lock.lock().await;
         let row = store::set_status(&self.db, id, FileStatus::Queued).await?;
         self.events
             .send(FileEvent::from_row(FileEventKind::Added, &row));

@@ -45,7 +45,12 @@ async fn worker_loop(lib: Arc<Library>, n: usize) {
         if lib.shutdown.is_cancelled() {
             break;
         }
-        match store::claim_next(&lib.db, &lib.owner, lib.config.lease).await {
+        // Under the intake lock: a file is claimable only once its QUEUED event is out.
+        let claimed = {
+            let _intake = lib.intake_lock.lock().await;
+            store::claim_next(&lib.db, &lib.owner, lib.config.lease).await
+        };
+        match claimed {
             Ok(Some(row)) => process(&lib, row).await,
             Ok(None) => {
                 tokio::select! {
