@@ -552,7 +552,9 @@ async fn delete_removes_everything_even_mid_processing() {
             .arg("--batch-size")
             .arg("1")
             .arg("--workers")
-            .arg("1"),
+            .arg("1")
+            .arg("--index-optimize-idle-s")
+            .arg("0.2"),
     )
     .await;
     let outcomes = server
@@ -673,6 +675,24 @@ async fn delete_removes_everything_even_mid_processing() {
     assert_eq!(health["vectorStore"]["windows"], 2.0, "{health:#}");
     assert_eq!(health["queue"]["processing"], 0);
     assert_eq!(walk_files(&stored), 2);
+
+    // Deleted vectors stay in the index as tombstones until it is optimised; the server
+    // does that by itself once writes pause (0.2 s here), and searches still find the rest.
+    server
+        .wait_for_metric("traum_index_writes_pending", |v| v == 0.0)
+        .await;
+    assert!(server.metric("traum_index_optimize_seconds_count").await >= Some(1.0));
+    let res = server.query(SEARCH, json!({"text": "tone"})).await;
+    let mut found: Vec<&str> = res["search"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["file"]["id"].as_str().unwrap())
+        .collect();
+    found.sort();
+    let mut expected = vec![ids[0].as_str(), after[0].as_str()];
+    expected.sort();
+    assert_eq!(found, expected);
     server.stop().await;
 }
 

@@ -39,6 +39,11 @@ pub struct IndexConfig {
     /// Size in KiB above which `optimize()` builds an HNSW index for a segment (qdrant's
     /// default, 10 000 KiB, i.e. ~5 000 512-d vectors, when `None`). Below it, search is exact.
     pub indexing_threshold_kb: Option<usize>,
+    /// Size of one write-ahead-log file of a new store (qdrant's default is 32 MiB).
+    /// qdrant-edge 0.7.2 never truncates its WAL, and maps every file of it into memory;
+    /// [`crate::EdgeIndex::compact_wal`] (run by `optimize`) and opening a store drop all
+    /// closed files but the newest, so the WAL stays within about three of these per shard.
+    pub wal_segment_bytes: usize,
 }
 
 impl IndexConfig {
@@ -56,6 +61,7 @@ impl IndexConfig {
             hnsw_ef_construct: 100,
             filter_links: false,
             indexing_threshold_kb: None,
+            wal_segment_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use async_trait::async_trait;
 use qdrant_edge::external::ordered_float::OrderedFloat;
@@ -14,7 +14,7 @@ use qdrant_edge::{
     Match, NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaParams, PointId,
     PointInsertOperations, PointOperations, PointStructPersisted, QueryEnum, QueryRequest, Range,
     ScoredPoint, ScoringQuery, UpdateOperation, ValueVariants, VectorInternal,
-    VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
+    VectorStructInternal, VectorStructPersisted, WalOptions, WithPayloadInterface, WithVector,
     DEFAULT_VECTOR_NAME,
 };
 use uuid::Uuid;
@@ -120,6 +120,11 @@ pub struct ShardStats {
     pub points: usize,
     /// Vectors in HNSW graphs; the rest are searched exactly until `optimize` runs.
     pub indexed_vectors: usize,
+    /// Disk space of the segments (allocated blocks): deleted points count until `optimize`
+    /// vacuums them.
+    pub segment_bytes: u64,
+    /// Disk space of the write-ahead log.
+    pub wal_bytes: u64,
 }
 
 /// The index in a directory, on qdrant-edge. Cheap to clone (shares one store).
@@ -137,7 +142,20 @@ pub struct ShardStats {
 /// the WAL or segment lock taken by a concurrent update or optimisation.
 #[derive(Clone)]
 pub struct EdgeIndex {
-    inner: Arc<Inner>,
+    inner: Arc<Handle>,
+}
+
+struct Handle {
+    config: IndexConfig,
+    /// The open shards. Every operation holds a read lock while it runs; `compact_wal`
+    /// takes the write lock to close and reopen them.
+    state: RwLock<State>,
+}
+
+enum State {
+    Open(Box<Inner>),
+    /// Reopening failed (the reason); the process has to restart.
+    Failed(String),
 }
 
 struct Inner {
@@ -159,7 +177,9 @@ impl std::fmt::Debug for EdgeIndex {
 impl EdgeIndex {
     /// Open the index at `config.path`: load it if it exists (checking that it holds
     /// `config.dim`-d cosine vectors), create it otherwise. Blocking (file I/O); call it at
-    /// start-up or from `spawn_blocking`.
+    /// start-up or from `spawn_blocking`. Loading drops the WAL files that only hold flushed
+    /// operations (qdrant-edge never truncates its WAL itself; see
+    /// [`IndexConfig::wal_segment_bytes`]).
     pub fn open(config: IndexConfig) -> Result<Self> {
         if config.dim == 0 {
             return Err(IndexError::InvalidArgument(
@@ -171,16 +191,62 @@ impl EdgeIndex {
                 "oversample, max_candidates and max_rounds must be positive".into(),
             ));
         }
-        let windows = open_shard(&config, Kind::Window)?;
-        let files = open_shard(&config, Kind::File)?;
+        let inner = Inner::open(&config)?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                windows,
-                files,
+            inner: Arc::new(Handle {
                 config,
-                writes: Mutex::new(()),
+                state: RwLock::new(State::Open(Box::new(inner))),
             }),
         })
+    }
+
+    /// Drops the write-ahead log files whose operations are all flushed, by closing and
+    /// reopening the store (qdrant-edge truncates its WAL only when it is not open; see
+    /// [`IndexConfig::wal_segment_bytes`]). Waits for operations in flight, then blocks
+    /// new ones until it is done. Does nothing while the WAL has no closed file to drop.
+    /// Returns whether it reopened. Blocking.
+    pub fn compact_wal(&self) -> Result<bool> {
+        let config = &self.inner.config;
+        let wal_dirs =
+            [Kind::Window, Kind::File].map(|kind| config.path.join(kind.dir()).join("wal"));
+        if !wal_dirs.iter().any(|dir| closed_wal_files(dir).len() > 1) {
+            return Ok(false);
+        }
+        let started = std::time::Instant::now();
+        let mut state = self.inner.state.write().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *state, State::Failed("being reopened".into())) {
+            State::Open(inner) => {
+                inner.flush();
+                drop(inner);
+            }
+            State::Failed(reason) => {
+                *state = State::Failed(reason.clone());
+                return Err(IndexError::Closed {
+                    path: config.path.clone(),
+                    reason,
+                });
+            }
+        }
+        match Inner::open(config) {
+            Ok(inner) => {
+                *state = State::Open(Box::new(inner));
+                tracing::info!(
+                    path = %config.path.display(),
+                    elapsed_s = started.elapsed().as_secs_f64(),
+                    "reopened the index to drop its write-ahead log"
+                );
+                Ok(true)
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!(path = %config.path.display(), error = %reason, "reopening the index failed");
+                *state = State::Failed(reason.clone());
+                Err(IndexError::Closed {
+                    path: config.path.clone(),
+                    reason,
+                })
+            }
+        }
     }
 
     /// The configuration this index was opened with.
@@ -194,18 +260,36 @@ impl EdgeIndex {
     }
 
     /// Segment and HNSW statistics of the two shards (cheap; for status pages and tests).
+    /// All zero while the store is closed after a failed reopen.
     pub fn stats(&self) -> IndexStats {
-        let stats = |shard: &EdgeShard| {
+        let state = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
+        let State::Open(inner) = &*state else {
+            let zero = ShardStats {
+                segments: 0,
+                points: 0,
+                indexed_vectors: 0,
+                segment_bytes: 0,
+                wal_bytes: 0,
+            };
+            return IndexStats {
+                windows: zero,
+                files: zero,
+            };
+        };
+        let stats = |shard: &EdgeShard, kind: Kind| {
             let info = shard.info();
+            let dir = self.inner.config.path.join(kind.dir());
             ShardStats {
                 segments: info.segments_count,
                 points: info.points_count,
                 indexed_vectors: info.indexed_vectors_count,
+                segment_bytes: allocated_bytes(&dir.join("segments")),
+                wal_bytes: allocated_bytes(&dir.join("wal")),
             }
         };
         IndexStats {
-            windows: stats(&self.inner.windows),
-            files: stats(&self.inner.files),
+            windows: stats(&inner.windows, Kind::Window),
+            files: stats(&inner.files, Kind::File),
         }
     }
 
@@ -215,13 +299,22 @@ impl EdgeIndex {
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| IndexError::Task {
-                op,
-                message: e.to_string(),
-            })?
+        let handle = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let state = handle.state.read().unwrap_or_else(|e| e.into_inner());
+            match &*state {
+                State::Open(inner) => f(inner),
+                State::Failed(reason) => Err(IndexError::Closed {
+                    path: handle.config.path.clone(),
+                    reason: reason.clone(),
+                }),
+            }
+        })
+        .await
+        .map_err(|e| IndexError::Task {
+            op,
+            message: e.to_string(),
+        })?
     }
 }
 
@@ -247,7 +340,7 @@ impl VectorIndex for EdgeIndex {
     }
 
     async fn search(&self, query: &[f32], params: SearchParams) -> Result<Vec<FileHit>> {
-        self.inner.check_vector("query vector", query)?;
+        check_vector(self.inner.config.dim, "query vector", query)?;
         let query = query.to_vec();
         self.blocking("search", move |inner| inner.search(query, &params))
             .await
@@ -272,11 +365,30 @@ impl VectorIndex for EdgeIndex {
     }
 
     async fn optimize(&self) -> Result<()> {
-        self.blocking("optimize", |inner| inner.optimize()).await
+        self.blocking("optimize", |inner| inner.optimize()).await?;
+        let index = self.clone();
+        tokio::task::spawn_blocking(move || index.compact_wal())
+            .await
+            .map_err(|e| IndexError::Task {
+                op: "compact WAL",
+                message: e.to_string(),
+            })??;
+        Ok(())
     }
 }
 
 impl Inner {
+    fn open(config: &IndexConfig) -> Result<Self> {
+        let windows = open_shard(config, Kind::Window)?;
+        let files = open_shard(config, Kind::File)?;
+        Ok(Self {
+            windows,
+            files,
+            config: config.clone(),
+            writes: Mutex::new(()),
+        })
+    }
+
     fn lock_writes(&self) -> MutexGuard<'_, ()> {
         // The guarded data is `()`: a panic while it was held leaves nothing inconsistent.
         self.writes.lock().unwrap_or_else(|e| e.into_inner())
@@ -289,19 +401,7 @@ impl Inner {
     }
 
     fn check_vector(&self, what: &str, v: &[f32]) -> Result<()> {
-        if v.len() != self.config.dim {
-            return Err(IndexError::VectorDimension {
-                what: what.to_owned(),
-                got: v.len(),
-                expected: self.config.dim,
-            });
-        }
-        if !v.iter().all(|x| x.is_finite()) {
-            return Err(IndexError::NonFiniteVector {
-                what: what.to_owned(),
-            });
-        }
-        Ok(())
+        check_vector(self.config.dim, what, v)
     }
 
     fn check_file(&self, file: &FileVectors) -> Result<()> {
@@ -606,12 +706,105 @@ impl Inner {
     }
 }
 
+/// A vector must have the index's dimension and finite values.
+fn check_vector(dim: usize, what: &str, v: &[f32]) -> Result<()> {
+    if v.len() != dim {
+        return Err(IndexError::VectorDimension {
+            what: what.to_owned(),
+            got: v.len(),
+            expected: dim,
+        });
+    }
+    if !v.iter().all(|x| x.is_finite()) {
+        return Err(IndexError::NonFiniteVector {
+            what: what.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Disk blocks allocated under `dir` (files are sparse, so their lengths would overstate it);
+/// 0 where it cannot be read.
+fn allocated_bytes(dir: &Path) -> u64 {
+    #[cfg(unix)]
+    fn allocated(m: &std::fs::Metadata) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        m.blocks() * 512
+    }
+    #[cfg(not(unix))]
+    fn allocated(m: &std::fs::Metadata) -> u64 {
+        m.len()
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => allocated_bytes(&entry.path()),
+            Ok(m) => allocated(&m),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 fn upsert(shard: &EdgeShard, points: Vec<PointStructPersisted>) -> Result<()> {
     shard
         .update(UpdateOperation::PointOperation(
             PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
         ))
         .map_err(|e| IndexError::backend("upsert", e))
+}
+
+/// Deletes the closed WAL files of a shard that is not open, except the newest.
+///
+/// qdrant-edge 0.7.2 writes every update to its WAL and never truncates it (nor replays it:
+/// segments are flushed on every write, see [`IndexConfig::flush_on_write`]), so without
+/// this the WAL holds every vector ever written, deleted ones included, on disk and mapped
+/// into memory. Closed files are dropped from the oldest, as qdrant's own prefix truncation
+/// does: the newest closed file and the open ones stay, so the log stays contiguous and
+/// operation numbers (which order updates to a point) continue where they were.
+fn prune_wal(dir: &Path) -> Result<()> {
+    let mut closed = closed_wal_files(dir);
+    closed.pop();
+    let mut freed = 0;
+    for path in &closed {
+        freed += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        std::fs::remove_file(path).map_err(|source| IndexError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    if !closed.is_empty() {
+        tracing::info!(
+            wal = %dir.display(),
+            files = closed.len(),
+            freed_mib = freed as f64 / (1 << 20) as f64,
+            "dropped flushed write-ahead log files"
+        );
+    }
+    Ok(())
+}
+
+/// The closed WAL files in `dir` (`closed-<first operation>`), oldest first; none if `dir`
+/// cannot be read (the store's own open reports that).
+fn closed_wal_files(dir: &Path) -> Vec<PathBuf> {
+    let mut closed: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let start = entry
+                .file_name()
+                .to_str()?
+                .strip_prefix("closed-")?
+                .parse()
+                .ok()?;
+            Some((start, entry.path()))
+        })
+        .collect();
+    closed.sort();
+    closed.into_iter().map(|(_, path)| path).collect()
 }
 
 /// Create or load the shard for `kind` under `config.path`.
@@ -636,6 +829,7 @@ fn open_shard(config: &IndexConfig, kind: Kind) -> Result<EdgeShard> {
     };
 
     let shard = if shard_exists(&path)? {
+        prune_wal(&path.join("wal"))?;
         let shard = EdgeShard::load(&path, None).map_err(open_error)?;
         check_vector_params(&shard, &config.path, config.dim)?;
         let hnsw = hnsw_config(config, shard.config().hnsw_config);
@@ -664,6 +858,10 @@ fn open_shard(config: &IndexConfig, kind: Kind) -> Result<EdgeShard> {
             .optimizers(EdgeOptimizersConfig {
                 indexing_threshold: config.indexing_threshold_kb,
                 ..EdgeOptimizersConfig::default()
+            })
+            .wal_options(WalOptions {
+                segment_capacity: config.wal_segment_bytes,
+                ..WalOptions::default()
             })
             .build();
         let shard = EdgeShard::new(&path, edge_config).map_err(open_error)?;

@@ -72,6 +72,11 @@ pub enum IndexError {
     #[error("index point {point} has a malformed payload: {reason}")]
     CorruptPayload { point: String, reason: String },
 
+    /// Reopening the store (to drop its write-ahead log) failed; it stays closed until the
+    /// process restarts.
+    #[error("index at {} is closed: reopening it failed: {reason}", path.display())]
+    Closed { path: PathBuf, reason: String },
+
     /// The blocking task running an operation panicked or was cancelled.
     #[error("index {op} task did not complete: {message}")]
     Task { op: &'static str, message: String },

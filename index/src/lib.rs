@@ -125,7 +125,8 @@ pub trait VectorIndex: Send + Sync {
     /// Persist everything written so far.
     async fn flush(&self) -> Result<()>;
 
-    /// Maintenance: build search indexes, vacuum deleted points. A backend that does this
+    /// Maintenance: build search indexes, vacuum deleted points (qdrant-edge: and drop
+    /// write-ahead-log files whose operations are flushed). A backend that does this
     /// by itself (a Qdrant server) leaves the default, which does nothing.
     async fn optimize(&self) -> Result<()> {
         Ok(())

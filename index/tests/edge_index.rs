@@ -672,6 +672,22 @@ async fn concurrent_searches_and_writes() {
     );
 }
 
+/// Pseudo-random unit vectors (xorshift), the same for the same seed.
+fn random_unit_vectors(mut seed: u64) -> impl FnMut() -> Vec<f32> {
+    move || {
+        let v: Vec<f32> = (0..DIM)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / norm).collect()
+    }
+}
+
 #[tokio::test]
 async fn optimize_builds_hnsw_and_search_still_works() {
     let dir = tempfile::tempdir().unwrap();
@@ -682,19 +698,7 @@ async fn optimize_builds_hnsw_and_search_still_works() {
     config.flush_on_write = false;
     let index = EdgeIndex::open(config.clone()).unwrap();
     // 400 files × 4 windows of pseudo-random vectors, plus one known file.
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut random = move || {
-        let v: Vec<f32> = (0..DIM)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect();
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.into_iter().map(|x| x / norm).collect::<Vec<f32>>()
-    };
+    let mut random = random_unit_vectors(0x2545_f491_4f6c_dd1d);
     let files: Vec<FileVectors> = (0u128..400)
         .map(|i| file(1000 + i, (0..4).map(|_| random()).collect()))
         .collect();
@@ -735,4 +739,168 @@ async fn optimize_builds_hnsw_and_search_still_works() {
     check(index.clone()).await;
     drop(index);
     check(EdgeIndex::open(config).unwrap()).await;
+}
+
+/// Deleted points stay in their segment until `optimize` vacuums it: a library that keeps
+/// adding and deleting files must not keep every vector it ever held.
+#[tokio::test]
+async fn optimize_vacuums_deleted_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = IndexConfig::new(dir.path().join("index"), DIM);
+    config.flush_on_write = false;
+    let index = EdgeIndex::open(config).unwrap();
+    let mut random = random_unit_vectors(0x9e37_79b9_7f4a_7c15);
+    // Rounds of churn, as when files are uploaded and deleted: 5 × 300 files × 4 windows.
+    for round in 0u128..5 {
+        let files: Vec<FileVectors> = (0..300)
+            .map(|i| file(round * 1000 + i, (0..4).map(|_| random()).collect()))
+            .collect();
+        index.upsert_files(files).await.unwrap();
+        for i in 0..300 {
+            index
+                .delete_file(Uuid::from_u128(round * 1000 + i))
+                .await
+                .unwrap();
+        }
+    }
+    let kept = random();
+    index
+        .upsert_file(file(7, vec![random(), kept.clone()]))
+        .await
+        .unwrap();
+    index.flush().await.unwrap();
+    let before = index.stats();
+    index.optimize().await.unwrap();
+    let after = index.stats();
+    // Measured: 3.7 MB → 0.25 MB of window segments (6 000 deleted points, 2 live).
+    assert!(
+        after.windows.segment_bytes * 4 < before.windows.segment_bytes,
+        "before {before:?}, after {after:?}"
+    );
+    assert!(
+        after.files.segment_bytes * 2 < before.files.segment_bytes,
+        "before {before:?}, after {after:?}"
+    );
+    assert_eq!(after.windows.points, 2, "{after:?}");
+    assert_eq!(
+        index.count().await.unwrap(),
+        IndexCounts {
+            files: 1,
+            windows: 2
+        }
+    );
+    let hits = index
+        .search(&kept, SearchParams::with_limit(5))
+        .await
+        .unwrap();
+    assert_eq!(ids(&hits), [7]);
+}
+
+/// 400 files × 4 windows in 20 upserts, into a store with 64 KiB WAL files.
+async fn fill_small_wal_store(dir: &tempfile::TempDir) -> (IndexConfig, EdgeIndex) {
+    let mut config = IndexConfig::new(dir.path().join("index"), DIM);
+    config.wal_segment_bytes = 64 * 1024;
+    let index = EdgeIndex::open(config.clone()).unwrap();
+    let mut random = random_unit_vectors(0x51_7cc1_b727_220a);
+    for chunk in 0u128..20 {
+        let files: Vec<FileVectors> = (0..20)
+            .map(|i| file(chunk * 20 + i, (0..4).map(|_| random()).collect()))
+            .collect();
+        index.upsert_files(files).await.unwrap();
+    }
+    (config, index)
+}
+
+/// After the WAL was cut: delete half the files, replace one, and check the result, then
+/// again after reopening. Operations numbered below a point's version would be ignored, so
+/// this fails if the WAL's numbering restarted.
+async fn later_writes_apply(config: IndexConfig, index: EdgeIndex) {
+    for i in 0..200 {
+        index.delete_file(Uuid::from_u128(i)).await.unwrap();
+    }
+    // File 300 again, with one window instead of four.
+    let target = random_unit_vectors(7)();
+    index
+        .upsert_file(file(300, vec![target.clone()]))
+        .await
+        .unwrap();
+    let check = |index: EdgeIndex| {
+        let target = target.clone();
+        async move {
+            assert_eq!(
+                index.count().await.unwrap(),
+                IndexCounts {
+                    files: 200,
+                    windows: 797
+                }
+            );
+            let hits = index
+                .search(&target, SearchParams::with_limit(3))
+                .await
+                .unwrap();
+            assert_eq!(hits[0].file_id, Uuid::from_u128(300));
+            assert!(close(hits[0].score, 1.0));
+            assert!(hits.iter().all(|h| h.file_id.as_u128() >= 200), "{hits:?}");
+        }
+    };
+    check(index.clone()).await;
+    drop(index);
+    check(EdgeIndex::open(config).unwrap()).await;
+}
+
+/// qdrant-edge never truncates its write-ahead log; opening a store drops the closed WAL
+/// files but the newest, and the operations written after that still apply to the points
+/// from before (operation numbers continue).
+#[tokio::test]
+async fn reopening_drops_old_wal_files_and_keeps_every_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, index) = fill_small_wal_store(&dir).await;
+    let wal_before = index.stats().windows.wal_bytes;
+    drop(index);
+
+    let index = EdgeIndex::open(config.clone()).unwrap();
+    let wal_after = index.stats().windows.wal_bytes;
+    assert!(
+        wal_after * 2 < wal_before,
+        "WAL {wal_before} B before reopening, {wal_after} B after"
+    );
+    assert_eq!(
+        index.count().await.unwrap(),
+        IndexCounts {
+            files: 400,
+            windows: 1600
+        }
+    );
+    later_writes_apply(config, index).await;
+}
+
+/// The same while the store stays open: `optimize` closes and reopens it, with searches
+/// running meanwhile (they wait, none fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimize_drops_old_wal_files_while_searches_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, index) = fill_small_wal_store(&dir).await;
+    let wal_before = index.stats().windows.wal_bytes;
+    let searcher = {
+        let index = index.clone();
+        tokio::spawn(async move {
+            let mut random = random_unit_vectors(99);
+            for _ in 0..200 {
+                let hits = index
+                    .search(&random(), SearchParams::with_limit(3))
+                    .await
+                    .expect("a search during compaction");
+                assert_eq!(hits.len(), 3);
+            }
+        })
+    };
+    index.optimize().await.unwrap();
+    searcher.await.unwrap();
+    let wal_after = index.stats().windows.wal_bytes;
+    assert!(
+        wal_after * 2 < wal_before,
+        "WAL {wal_before} B before optimize, {wal_after} B after"
+    );
+    assert!(!index.compact_wal().unwrap(), "nothing left to drop");
+    later_writes_apply(config, index).await;
 }

@@ -9,7 +9,9 @@
 //!   while rounds of upload → index → delete go on for `--minutes`.
 //!
 //! Options (after `--`): `--subscribers N` (default 1000), `--files N` per round (default
-//! 200), `--minutes M` (default 10), `--batch N` files per upload request (default 20),
+//! 200), `--minutes M` (default 10), `--warmup-minutes W` (default 0: rounds before the
+//! memory baseline is taken; the RSS growth is measured over the `M` minutes after them),
+//! `--batch N` files per upload request (default 20),
 //! `--server-env K=V` (repeatable) for the server's environment.
 //! Targets (issue 8): p99 lag < 100 ms; RSS growth < 10 % over 10 minutes.
 
@@ -27,6 +29,7 @@ struct Args {
     subscribers: usize,
     files: usize,
     minutes: f64,
+    warmup_minutes: f64,
     batch: usize,
     /// `K=V` pairs for the server's environment (e.g. `MALLOC_ARENA_MAX=2`).
     server_env: Vec<(String, String)>,
@@ -37,6 +40,7 @@ fn parse_args() -> Args {
         subscribers: 1000,
         files: 200,
         minutes: 10.0,
+        warmup_minutes: 0.0,
         batch: 20,
         server_env: Vec::new(),
     };
@@ -47,6 +51,7 @@ fn parse_args() -> Args {
             "--subscribers" => args.subscribers = value().parse().unwrap(),
             "--files" => args.files = value().parse().unwrap(),
             "--minutes" => args.minutes = value().parse().unwrap(),
+            "--warmup-minutes" => args.warmup_minutes = value().parse().unwrap(),
             "--batch" => args.batch = value().parse().unwrap(),
             "--server-env" => {
                 let kv = value();
@@ -82,6 +87,21 @@ fn stage_rank(status: &str) -> i32 {
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
+}
+
+/// KiB of disk blocks under `dir`.
+fn disk_kib(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_kib(&e.path()),
+            Ok(m) => m.blocks() / 2,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -169,15 +189,18 @@ async fn main() {
     let open_s = opened.elapsed().as_secs_f64();
 
     // Rounds: upload `files` (batches), wait until all are indexed, delete them.
-    let deadline = Instant::now() + Duration::from_secs_f64(args.minutes * 60.0);
+    let warm = Instant::now() + Duration::from_secs_f64(args.warmup_minutes * 60.0);
+    let mut deadline = None;
     let mut rounds = 0;
     let mut indexed = 0;
+    // Memory after the first round that ends past the warm-up, and when that was.
     let mut rss_after_first = None;
+    let mut measured_from = None;
     let mut peak_rss = 0;
     // (seconds since the first upload, memory) after each round.
     let mut rss_trace: Vec<(f64, support::Memory)> = Vec::new();
     let started = Instant::now();
-    while rounds == 0 || Instant::now() < deadline {
+    while deadline.is_none_or(|d| Instant::now() < d) {
         let mut ids = Vec::new();
         for chunk in (0..args.files)
             .collect::<Vec<_>>()
@@ -213,10 +236,14 @@ async fn main() {
                 .await;
         }
         rounds += 1;
+        if deadline.is_none() && Instant::now() >= warm {
+            measured_from = Some((rounds, Instant::now()));
+            deadline = Some(Instant::now() + Duration::from_secs_f64(args.minutes * 60.0));
+        }
         let mut now = String::new();
         if let Some(m) = server.memory_kib() {
             peak_rss = peak_rss.max(m.peak);
-            if rss_after_first.is_none() {
+            if rss_after_first.is_none() && Instant::now() >= warm {
                 rss_after_first = Some(m);
             }
             rss_trace.push((started.elapsed().as_secs_f64(), m));
@@ -282,9 +309,10 @@ async fn main() {
         percentile(&lags, 0.99),
         lags.last().copied().unwrap_or(f64::NAN)
     );
-    if let (Some(first), Some(end)) = (rss_after_first, mem_end) {
+    if let (Some(first), Some(end), Some((round, from))) = (rss_after_first, mem_end, measured_from)
+    {
         println!(
-            "server RSS after round 1 / at end / peak     {:.0} / {:.0} / {:.0} MiB",
+            "server RSS after round {round:<2} / at end / peak    {:.0} / {:.0} / {:.0} MiB",
             mib(first.rss),
             mib(end.rss),
             mib(peak_rss)
@@ -293,7 +321,7 @@ async fn main() {
         println!(
             "RSS growth over {:.1} min                     {:+.1} % (anonymous {:.0} → {:.0} MiB \
              {:+.1} %, file-backed {:.0} → {:.0} MiB)",
-            started.elapsed().as_secs_f64() / 60.0,
+            from.elapsed().as_secs_f64() / 60.0,
             growth(first.rss, end.rss),
             mib(first.anon),
             mib(end.anon),
@@ -313,6 +341,27 @@ async fn main() {
         }
     }
     println!("server RSS trace (s: anon/file MiB)        {trace_line}");
+    // Where the index's disk goes: segments (vacuumed by the server's maintenance) and WAL.
+    let index = server.data_dir.join("index");
+    for shard in ["windows", "files"] {
+        println!(
+            "index {shard:<8} on disk: segments / WAL          {:.1} / {:.1} MiB",
+            mib(disk_kib(&index.join(shard).join("segments"))),
+            mib(disk_kib(&index.join(shard).join("wal")))
+        );
+    }
+    // The server's log, for what happened when (warnings, maintenance): target/soak-server.log.
+    let log = server.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .count();
+    let kept = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/soak-server.log");
+    let _ = std::fs::write(&kept, &log);
+    println!(
+        "server log: {warnings} warnings/errors, kept in {}",
+        kept.display()
+    );
     for h in handles {
         h.abort();
     }

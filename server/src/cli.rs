@@ -107,6 +107,13 @@ pub struct LibraryArgs {
     /// Interrupted processing attempts before a file is marked failed.
     #[arg(long, env = "TRAUM_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: i32,
+    /// Optimise the vector index (build search graphs, vacuum deleted vectors) once no
+    /// vectors were written for this many seconds; 0: never.
+    #[arg(long, env = "TRAUM_INDEX_OPTIMIZE_IDLE_S", default_value_t = 5.0)]
+    pub index_optimize_idle_s: f64,
+    /// ... and at least this often, in seconds, while writes go on.
+    #[arg(long, env = "TRAUM_INDEX_OPTIMIZE_MAX_DELAY_S", default_value_t = 60.0)]
+    pub index_optimize_max_delay_s: f64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -171,6 +171,12 @@ pub async fn run(args: IngestArgs) -> Result<ExitCode> {
         }
     }
     bar.finish_and_clear();
+    if pending.is_empty() && report.indexed > 0 {
+        // A batch is done: leave the index optimised for the server that opens it next.
+        if let Err(e) = library.optimize_index().await {
+            tracing::warn!(error = %e, "optimising the index failed; the server retries");
+        }
+    }
     library.shutdown(workers, Duration::from_secs(10)).await;
 
     let secs = started.elapsed().as_secs_f64();

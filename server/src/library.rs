@@ -24,6 +24,7 @@ use crate::error::ApiError;
 use crate::events::{EventBus, FileEvent, FileEventKind};
 use crate::metrics::Metrics;
 use crate::pipeline::batcher::{BatcherConfig, EmbedError, Embedder};
+use crate::pipeline::maintenance::{self, IndexMaintenance};
 use crate::storage::{DataPaths, StagedFile};
 
 /// How a library is opened and processed.
@@ -49,6 +50,8 @@ pub struct LibraryConfig {
     pub storage_quota_bytes: Option<u64>,
     /// Searches served at once; more are refused with TOO_BUSY rather than queued.
     pub max_concurrent_searches: usize,
+    /// When the vector index is optimised; none: never (benchmarks that measure it).
+    pub index_maintenance: Option<IndexMaintenance>,
 }
 
 impl LibraryConfig {
@@ -65,6 +68,7 @@ impl LibraryConfig {
             max_clip_s: 60.0,
             storage_quota_bytes: None,
             max_concurrent_searches: 32,
+            index_maintenance: Some(IndexMaintenance::default()),
         }
     }
 }
@@ -108,10 +112,13 @@ pub struct Library {
     /// subscriber sees a file's DECODING before its QUEUED (a worker finishing another file
     /// could otherwise claim the new row before its uploader has sent the event).
     pub(crate) intake_lock: tokio::sync::Mutex<()>,
+    /// Signalled after every write to the index (see `pipeline::maintenance`).
+    pub(crate) index_changes: Notify,
     pub shutdown: CancellationToken,
     /// Searches in flight (bounded: overload is an error, not a queue).
     searches: Arc<tokio::sync::Semaphore>,
     batcher_task: Mutex<Option<JoinHandle<()>>>,
+    maintenance_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Library {
@@ -160,7 +167,7 @@ impl Library {
         let metrics = Metrics::new();
         let (embedder, batcher_task) =
             Embedder::start(Arc::new(model), config.batcher, metrics.clone());
-        Ok(Arc::new(Self {
+        let library = Arc::new(Self {
             db,
             index: Arc::new(index),
             index_kind: "qdrant-edge",
@@ -174,13 +181,22 @@ impl Library {
             active: Mutex::new(HashMap::new()),
             commit_lock: tokio::sync::Mutex::new(()),
             intake_lock: tokio::sync::Mutex::new(()),
+            index_changes: Notify::new(),
             shutdown: CancellationToken::new(),
             searches: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_searches.max(1),
             )),
             config,
             batcher_task: Mutex::new(Some(batcher_task)),
-        }))
+            maintenance_task: Mutex::new(None),
+        });
+        if let Some(config) = library.config.index_maintenance {
+            *library.maintenance_task.lock().unwrap() = Some(maintenance::start(&library, config));
+            // A library written by an older version, or whose last run stopped before its
+            // optimisation, is brought up to date once the start is quiet.
+            library.index_changed();
+        }
+        Ok(library)
     }
 
     /// Keeps a received file: the existing row when the content is known
@@ -268,6 +284,7 @@ impl Library {
             .await?
             .ok_or_else(|| ApiError::not_found_file(id))?;
         self.index.delete_file(id).await?;
+        self.index_changed();
         let path = self.paths.resolve(&row.stored_path);
         // Another row never shares the path: it is named by the content hash.
         let removed = crate::storage::blocking({
@@ -424,6 +441,25 @@ impl Library {
         .await
     }
 
+    /// Called after vectors were written or deleted.
+    pub(crate) fn index_changed(&self) {
+        self.metrics.index_writes_pending.inc();
+        // One permit at most: changes while the maintenance task is busy fold into one.
+        self.index_changes.notify_one();
+    }
+
+    /// Builds search graphs and vacuums deleted vectors (qdrant-edge does neither by itself).
+    pub async fn optimize_index(&self) -> Result<(), ApiError> {
+        let started = Instant::now();
+        let pending = self.metrics.index_writes_pending.get();
+        self.index.optimize().await?;
+        self.metrics.index_writes_pending.sub(pending);
+        let elapsed = started.elapsed().as_secs_f64();
+        self.metrics.index_optimize_seconds.observe(elapsed);
+        tracing::debug!(elapsed_s = elapsed, "index optimised");
+        Ok(())
+    }
+
     /// Stops the workers (they give their files back to the queue), waits for
     /// them up to `grace`, and flushes the index.
     pub async fn shutdown(&self, workers: Vec<JoinHandle<()>>, grace: Duration) {
@@ -437,6 +473,12 @@ impl Library {
                 ?grace,
                 "workers did not stop in time; their files are requeued at the next start"
             );
+        }
+        let maintenance = self.maintenance_task.lock().unwrap().take();
+        if let Some(task) = maintenance {
+            // It returns at the shutdown signal (an optimisation already running finishes
+            // first: the flush would wait for its write lock anyway).
+            let _ = task.await;
         }
         if let Err(e) = self.index.flush().await {
             tracing::error!(error = %e, "flushing the index at shutdown failed");

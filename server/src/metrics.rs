@@ -1,8 +1,8 @@
 //! Prometheus metrics, served on `/metrics`.
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric of the service, registered in one registry.
@@ -27,6 +27,10 @@ pub struct Metrics {
     pub graphql_requests: IntCounterVec,
     /// Inputs dropped unembedded because their caller had gone (a cancelled or deleted file).
     pub embed_skipped: IntCounterVec,
+    /// Seconds per index optimisation (its count: how many ran).
+    pub index_optimize_seconds: Histogram,
+    /// Index writes (files indexed or deleted) since the last optimisation began.
+    pub index_writes_pending: IntGauge,
 }
 
 impl Metrics {
@@ -87,6 +91,19 @@ impl Metrics {
             &["kind"],
         )
         .unwrap();
+        let index_optimize_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "index_optimize_seconds",
+                "Seconds per vector index optimisation (graphs built, deleted points vacuumed)",
+            )
+            .buckets(exponential_buckets(0.001, 4.0, 12).unwrap()),
+        )
+        .unwrap();
+        let index_writes_pending = IntGauge::new(
+            "index_writes_pending",
+            "Index writes not yet seen by an optimisation",
+        )
+        .unwrap();
         for c in [
             Box::new(uploads.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(embed_skipped.clone()),
@@ -97,6 +114,8 @@ impl Metrics {
             Box::new(search_seconds.clone()),
             Box::new(embed_queue.clone()),
             Box::new(graphql_requests.clone()),
+            Box::new(index_optimize_seconds.clone()),
+            Box::new(index_writes_pending.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -111,6 +130,8 @@ impl Metrics {
             embed_queue,
             graphql_requests,
             embed_skipped,
+            index_optimize_seconds,
+            index_writes_pending,
         }
     }
 

@@ -14,6 +14,7 @@ use crate::graphql::{build_schema, SchemaLimits};
 use crate::http::{router, HttpConfig};
 use crate::library::{Library, LibraryConfig};
 use crate::pipeline::batcher::BatcherConfig;
+use crate::pipeline::maintenance::IndexMaintenance;
 
 /// The library configuration the command-line arguments describe.
 pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryConfig> {
@@ -39,6 +40,24 @@ pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryCo
     }
     config.max_clip_s = args.max_clip_s;
     config.max_concurrent_searches = args.max_concurrent_searches.max(1);
+    for (flag, value) in [
+        ("--index-optimize-idle-s", args.index_optimize_idle_s),
+        (
+            "--index-optimize-max-delay-s",
+            args.index_optimize_max_delay_s,
+        ),
+    ] {
+        if !(value >= 0.0 && value.is_finite()) {
+            bail!("{flag} must be a number of seconds ≥ 0, got {value}");
+        }
+    }
+    config.index_maintenance = (args.index_optimize_idle_s > 0.0).then(|| IndexMaintenance {
+        idle: Duration::from_secs_f64(args.index_optimize_idle_s),
+        max_delay: Duration::from_secs_f64(
+            args.index_optimize_max_delay_s
+                .max(args.index_optimize_idle_s),
+        ),
+    });
     if let Some(gb) = args.max_library_gb {
         if !(gb > 0.0 && gb.is_finite()) {
             bail!("--max-library-gb must be a positive number");

@@ -333,6 +333,41 @@ impl Server {
             .clone()
     }
 
+    /// The value of an unlabelled metric on `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self
+            .http()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .find_map(|value| value.trim().parse().ok())
+    }
+
+    /// Waits (up to 60 s, looking every 50 ms) until the metric satisfies `done`; returns
+    /// its value. For states the server reaches by itself (background maintenance) and
+    /// announces nowhere else.
+    pub async fn wait_for_metric(&self, name: &str, done: impl Fn(f64) -> bool) -> f64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let value = self.metric(name).await;
+            if let Some(v) = value.filter(|&v| done(v)) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} stayed at {value:?} for 60 s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until every file is INDEXED or FAILED (via a subscription).
     pub async fn wait_done(&self, ids: &[String]) -> Vec<Value> {
         let mut sub = self

@@ -8,6 +8,7 @@
 //! library's commit lock, so a delete or reprocess in between wins.
 
 pub mod batcher;
+pub mod maintenance;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -282,6 +283,7 @@ async fn run(
     }
     store::set_progress(&lib.db, id, n, n).await?;
     lib.index.upsert_file(vectors).await?;
+    lib.index_changed();
     lib.metrics
         .stage_seconds
         .with_label_values(&["index"])
