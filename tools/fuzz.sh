@@ -196,10 +196,15 @@ cmin() {
         { tail -20 "$OUT_ROOT/$t.cmin.log"; die "afl-cmin failed"; }
     compgen -G "$all.out/*" >/dev/null ||
         { tail -20 "$OUT_ROOT/$t.cmin.log"; die "afl-cmin kept nothing; fuzz/corpus/$t left as it was"; }
-    # Replace the corpus by the minimised set; keep the names of regressions saved earlier.
+    # Replace the corpus by the minimised set. Named files stay whatever cmin says: the
+    # regressions (crash-*, hang-*) and the hand-made seeds of make_seeds.py, which tests
+    # read by name; only queue entries (q-*) come and go.
     local tmp
     tmp="$(mktemp -d)"
-    for f in "$corpus"/crash-* "$corpus"/hang-*; do if [[ -f "$f" ]]; then cp "$f" "$tmp/"; fi; done
+    for f in "$corpus"/*; do
+        [[ -f "$f" ]] || continue
+        case "$(basename "$f")" in q-*) ;; *) cp "$f" "$tmp/" ;; esac
+    done
     rm -rf "$corpus"
     mkdir -p "$corpus"
     for f in "$all.out"/*; do
