@@ -439,6 +439,16 @@ async fn bad_uploads_fail_alone() {
     server.stop().await;
 }
 
+/// The file ids of a `SEARCH` answer, best first.
+fn result_ids(res: &Value) -> Vec<&str> {
+    res["search"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["file"]["id"].as_str().unwrap())
+        .collect()
+}
+
 fn walk_files(dir: &std::path::Path) -> usize {
     let mut n = 0;
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -586,13 +596,7 @@ async fn delete_removes_everything_even_mid_processing() {
         .await;
     assert_eq!(list["files"]["totalCount"], 1);
     let res = server.query(SEARCH, json!({"text": "tone"})).await;
-    let found: Vec<&str> = res["search"]["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["file"]["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(found, [ids[0].as_str()]);
+    assert_eq!(result_ids(&res), [ids[0].as_str()]);
     assert_eq!(walk_files(&stored), 1);
     let res = server
         .http()
@@ -683,12 +687,7 @@ async fn delete_removes_everything_even_mid_processing() {
         .await;
     assert!(server.metric("traum_index_optimize_seconds_count").await >= Some(1.0));
     let res = server.query(SEARCH, json!({"text": "tone"})).await;
-    let mut found: Vec<&str> = res["search"]["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["file"]["id"].as_str().unwrap())
-        .collect();
+    let mut found = result_ids(&res);
     found.sort();
     let mut expected = vec![ids[0].as_str(), after[0].as_str()];
     expected.sort();

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use traum_index::{
-    EdgeIndex, FileHit, FileVectors, IndexConfig, SearchFilter, SearchParams, Uuid, VectorIndex,
-    WindowVector,
+    allocated_bytes, EdgeIndex, FileHit, FileVectors, IndexConfig, SearchFilter, SearchParams,
+    Uuid, VectorIndex, WindowVector,
 };
 
 const DIM: usize = 512;
@@ -248,26 +248,6 @@ fn ms(d: Duration) -> String {
     }
 }
 
-fn dir_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_size(&e.path()),
-            // Allocated size: qdrant preallocates sparse files (WAL segments, mmaps).
-            _ => e
-                .metadata()
-                .map(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    m.blocks() * 512
-                })
-                .unwrap_or(0),
-        })
-        .sum()
-}
-
 fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
@@ -455,8 +435,11 @@ async fn bench_size(n_windows: usize, root: &Path, args: &Args) -> Row {
 
     index.flush().await.expect("flush");
     let shards = ["windows", "files"].map(|shard| dir.path().join("index").join(shard));
-    let segments = shards.iter().map(|s| dir_size(&s.join("segments"))).sum();
-    let wal = shards.iter().map(|s| dir_size(&s.join("wal"))).sum();
+    let segments = shards
+        .iter()
+        .map(|s| allocated_bytes(&s.join("segments")))
+        .sum();
+    let wal = shards.iter().map(|s| allocated_bytes(&s.join("wal"))).sum();
     drop(index);
 
     Row {

@@ -106,14 +106,14 @@ impl Kind {
 }
 
 /// Statistics of the shards of an [`EdgeIndex`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IndexStats {
     pub windows: ShardStats,
     pub files: ShardStats,
 }
 
 /// Statistics of one qdrant-edge shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardStats {
     pub segments: usize,
     /// Points (approximate while deletes are not yet vacuumed).
@@ -264,17 +264,7 @@ impl EdgeIndex {
     pub fn stats(&self) -> IndexStats {
         let state = self.inner.state.read().unwrap_or_else(|e| e.into_inner());
         let State::Open(inner) = &*state else {
-            let zero = ShardStats {
-                segments: 0,
-                points: 0,
-                indexed_vectors: 0,
-                segment_bytes: 0,
-                wal_bytes: 0,
-            };
-            return IndexStats {
-                windows: zero,
-                files: zero,
-            };
+            return IndexStats::default();
         };
         let stats = |shard: &EdgeShard, kind: Kind| {
             let info = shard.info();
@@ -725,7 +715,7 @@ fn check_vector(dim: usize, what: &str, v: &[f32]) -> Result<()> {
 
 /// Disk blocks allocated under `dir` (files are sparse, so their lengths would overstate it);
 /// 0 where it cannot be read.
-fn allocated_bytes(dir: &Path) -> u64 {
+pub fn allocated_bytes(dir: &Path) -> u64 {
     #[cfg(unix)]
     fn allocated(m: &std::fs::Metadata) -> u64 {
         use std::os::unix::fs::MetadataExt;

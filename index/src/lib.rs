@@ -79,7 +79,7 @@ mod error;
 mod types;
 
 pub use config::IndexConfig;
-pub use edge::{EdgeIndex, IndexStats, ShardStats};
+pub use edge::{allocated_bytes, EdgeIndex, IndexStats, ShardStats};
 pub use error::{BoxError, IndexError, Result};
 pub use types::{
     point_id, FileHit, FileVectors, IndexCounts, SearchFilter, SearchParams, WindowHit,

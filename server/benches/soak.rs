@@ -89,21 +89,6 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// KiB of disk blocks under `dir`.
-fn disk_kib(dir: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => disk_kib(&e.path()),
-            Ok(m) => m.blocks() / 2,
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -346,8 +331,8 @@ async fn main() {
     for shard in ["windows", "files"] {
         println!(
             "index {shard:<8} on disk: segments / WAL          {:.1} / {:.1} MiB",
-            mib(disk_kib(&index.join(shard).join("segments"))),
-            mib(disk_kib(&index.join(shard).join("wal")))
+            mib(traum_index::allocated_bytes(&index.join(shard).join("segments")) / 1024),
+            mib(traum_index::allocated_bytes(&index.join(shard).join("wal")) / 1024)
         );
     }
     // The server's log, for what happened when (warnings, maintenance): target/soak-server.log.
