@@ -933,3 +933,139 @@ async fn ingest_imports_a_folder_once() {
     assert_eq!(server.health().await["vectorStore"]["files"], 3.0);
     server.stop().await;
 }
+
+/// The server on a real Qdrant server instead of the in-process index: files are indexed
+/// and searched there, `health` and `/readyz` report it, and when the node is gone
+/// `/readyz` says so (while `/healthz` stays up) until it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrant_vector_store_indexes_searches_and_reports_readiness() {
+    use support::qdrant::Single;
+    let test = "qdrant_vector_store_indexes_searches_and_reports_readiness";
+    let Some(mut qdrant) = Single::get(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let prefix = format!("svc{}_", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let options = Options::default()
+        .arg("--vector-store")
+        .arg("qdrant")
+        .arg("--qdrant-url")
+        .arg(qdrant.grpc_url())
+        .arg("--qdrant-collection-prefix")
+        .arg(prefix.clone());
+    let server = Server::start_with(&data, options).await;
+    let outcomes = server
+        .upload_files(vec![
+            ("beep.wav".into(), wav_i16(48_000, &tone(880.0, 12.0, 0.5))),
+            ("hiss.wav".into(), wav_i16(48_000, &noise(3.0, 0.5, 4))),
+        ])
+        .await;
+    let ids = ids(&outcomes);
+    for done in server.wait_done(&ids).await {
+        assert_eq!(done["status"], "INDEXED", "{done}");
+    }
+    let res = server.query(SEARCH, json!({"text": "a beep"})).await;
+    assert_eq!(
+        res["search"]["results"].as_array().unwrap().len(),
+        2,
+        "{res}"
+    );
+    assert!(
+        !data.join("index").join("windows").exists(),
+        "no in-process index with --vector-store qdrant"
+    );
+
+    let health = server
+        .query(
+            "{ health { vectorStore { kind files windows nodes { url reachable version } collections { name status points } statusError } } }",
+            json!({}),
+        )
+        .await;
+    let store = &health["health"]["vectorStore"];
+    assert_eq!(store["kind"], "qdrant", "{store}");
+    assert_eq!(store["files"], 2.0, "{store}");
+    assert_eq!(store["windows"], 3.0, "{store}"); // 12 s: two windows; 3 s: one
+    assert_eq!(store["nodes"][0]["reachable"], true, "{store}");
+    assert!(
+        store["nodes"][0]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("1."),
+        "{store}"
+    );
+    let names: Vec<&str> = store["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| n.starts_with(&prefix)), "{names:?}");
+    let ready = server
+        .http()
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = server
+        .http()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains("traum_vector_store_backend{backend=\"qdrant\"} 1")
+            && metrics.contains("traum_vector_store_nodes{state=\"reachable\"} 1"),
+        "{metrics}"
+    );
+
+    // Delete removes the file's points from the server.
+    server
+        .post(
+            "mutation($id: ID!) { deleteFile(id: $id) }",
+            json!({"id": ids[1]}),
+        )
+        .await;
+    let health = server.health().await;
+    assert_eq!(health["vectorStore"]["files"], 1.0, "{health}");
+    assert_eq!(health["vectorStore"]["windows"], 2.0, "{health}");
+
+    // Readiness follows the node (only where the test started it, so it can stop it).
+    if let Single::Started(node) = &mut qdrant {
+        node.kill();
+        let ready = server
+            .http()
+            .get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503);
+        let reason = ready.text().await.unwrap();
+        assert!(reason.contains("no Qdrant node answers"), "{reason}");
+        let alive = server
+            .http()
+            .get(server.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(alive.status(), 200);
+        node.restart();
+        // The client reconnects on the next request: ready again, same data.
+        let ready = server
+            .http()
+            .get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+        let res = server.query(SEARCH, json!({"text": "a beep"})).await;
+        assert_eq!(
+            res["search"]["results"].as_array().unwrap().len(),
+            1,
+            "{res}"
+        );
+    }
+    server.stop().await;
+}

@@ -1,11 +1,19 @@
-//! Insert and search cost of `EdgeIndex` (in-process qdrant-edge) at library scale.
+//! Insert and search cost of the index backends at library scale, side by side: the
+//! in-process store (`edge`, qdrant-edge) and a Qdrant server (`qdrant`, and `qdrant-int8`
+//! with int8 scalar quantization and rescoring).
 //!
 //! ```sh
-//! cargo bench -p traum-index --bench search              # 100k and 1M window vectors
+//! cargo bench -p traum-index --bench search              # 100k and 1M window vectors, edge
 //! cargo bench -p traum-index --bench search -- --quick   # 100k only
 //! cargo bench -p traum-index --bench search -- --sizes 20000,300000 --dir /mnt/big
-//! # also: --clustered  --ef N  --filtered-ef N  --m N  --ef-construct N  --filter-links
+//! cargo bench -p traum-index --bench search -- --clustered \
+//!     --backends edge,qdrant,qdrant-int8 --qdrant-url http://127.0.0.1:6334
+//! # also: --ef N  --filtered-ef N  --m N  --ef-construct N  --filter-links
 //! ```
+//!
+//! On a Qdrant server, "optimize" is the wait (after the last write) until the server's own
+//! background optimisation has indexed the collections (status green, every vector in an
+//! HNSW graph); the bench's collections (prefix `bench_<random>_`) are deleted afterwards.
 //!
 //! Data: random normalised 512-d vectors (Gaussian components), 10 windows per file
 //! (100 s files), plus one file vector each; formats cycle over 4 values, durations over
@@ -28,8 +36,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use traum_index::{
-    allocated_bytes, EdgeIndex, FileHit, FileVectors, IndexConfig, SearchFilter, SearchParams,
-    Uuid, VectorIndex, WindowVector,
+    allocated_bytes, EdgeIndex, FileHit, FileVectors, IndexConfig, QdrantConfig, QdrantIndex,
+    SearchFilter, SearchParams, Uuid, VectorIndex, WindowVector,
 };
 
 const DIM: usize = 512;
@@ -50,6 +58,24 @@ struct Args {
     filtered_ef: Option<usize>,
     filter_links: bool,
     clustered: bool,
+    backends: Vec<Backend>,
+    qdrant_url: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Edge,
+    Qdrant { int8: bool },
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Edge => "edge",
+            Backend::Qdrant { int8: false } => "qdrant",
+            Backend::Qdrant { int8: true } => "qdrant-int8",
+        }
+    }
 }
 
 fn parse_args() -> Args {
@@ -62,6 +88,8 @@ fn parse_args() -> Args {
         filtered_ef: None,
         filter_links: false,
         clustered: false,
+        backends: vec![Backend::Edge],
+        qdrant_url: std::env::var("TRAUM_TEST_QDRANT_URL").ok(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -92,6 +120,19 @@ fn parse_args() -> Args {
             }
             "--filter-links" => args.filter_links = true,
             "--clustered" => args.clustered = true,
+            "--backends" => {
+                let list = it.next().expect("--backends needs edge,qdrant,qdrant-int8");
+                args.backends = list
+                    .split(',')
+                    .map(|b| match b.trim() {
+                        "edge" => Backend::Edge,
+                        "qdrant" => Backend::Qdrant { int8: false },
+                        "qdrant-int8" => Backend::Qdrant { int8: true },
+                        other => panic!("unknown backend {other:?}"),
+                    })
+                    .collect();
+            }
+            "--qdrant-url" => args.qdrant_url = it.next(),
             _ => {} // `cargo bench` passes `--bench`
         }
     }
@@ -253,7 +294,7 @@ fn gib(bytes: u64) -> String {
 }
 
 async fn time_searches(
-    index: &EdgeIndex,
+    index: &dyn VectorIndex,
     queries: &[(usize, Vec<f32>)],
     params: &SearchParams,
 ) -> (Stats, Vec<Vec<FileHit>>) {
@@ -301,6 +342,7 @@ fn recall(exact: &[Vec<f32>], results: &[Vec<FileHit>], keep: impl Fn(usize) -> 
 }
 
 struct Row {
+    backend: Backend,
     windows: usize,
     files: usize,
     generate: Duration,
@@ -313,11 +355,88 @@ struct Row {
     duration: Stats,
     recall1: f64,
     recall10: [f64; 3],
-    segments: u64,
-    wal: u64,
+    /// On-disk sizes (in-process store only).
+    disk: Option<(u64, u64)>,
 }
 
-async fn bench_size(n_windows: usize, root: &Path, args: &Args) -> Row {
+/// The index under test, and how to clean up after it.
+enum Open {
+    Edge(EdgeIndex, tempfile::TempDir),
+    Qdrant(QdrantIndex, QdrantConfig),
+}
+
+impl Open {
+    fn index(&self) -> &dyn VectorIndex {
+        match self {
+            Open::Edge(index, _) => index,
+            Open::Qdrant(index, _) => index,
+        }
+    }
+}
+
+async fn open(backend: Backend, root: &Path, args: &Args) -> Open {
+    match backend {
+        Backend::Edge => {
+            let dir = tempfile::Builder::new()
+                .prefix("traum-index-bench-")
+                .tempdir_in(root)
+                .expect("temp dir");
+            let mut config = IndexConfig::new(dir.path().join("index"), DIM);
+            config.hnsw_m = args.m;
+            config.hnsw_ef_construct = args.ef_construct;
+            config.filter_links = args.filter_links;
+            config.hnsw_ef = args.ef;
+            if let Some(ef) = args.filtered_ef {
+                config.filtered_hnsw_ef = ef;
+            }
+            Open::Edge(EdgeIndex::open(config).expect("open"), dir)
+        }
+        Backend::Qdrant { int8 } => {
+            let url = args
+                .qdrant_url
+                .clone()
+                .expect("the qdrant backends need --qdrant-url (or TRAUM_TEST_QDRANT_URL)");
+            let mut config = QdrantConfig::new(vec![url], "bench", DIM);
+            config.collection_prefix =
+                format!("bench_{}_", &Uuid::new_v4().simple().to_string()[..8]);
+            config.int8 = int8;
+            config.hnsw_m = args.m as u64;
+            config.hnsw_ef_construct = args.ef_construct as u64;
+            config.hnsw_ef = args.ef.map(|ef| ef as u64);
+            if let Some(ef) = args.filtered_ef {
+                config.filtered_hnsw_ef = ef as u64;
+            }
+            config.timeout = Duration::from_secs(300);
+            let index = QdrantIndex::connect(config.clone())
+                .await
+                .expect("connect to Qdrant");
+            Open::Qdrant(index, config)
+        }
+    }
+}
+
+/// The backend's optimisation: the in-process store's `optimize`, or the wait until the
+/// server's background optimiser has indexed everything.
+async fn optimize(open: &Open) {
+    match open {
+        Open::Edge(index, _) => index.optimize().await.expect("optimize"),
+        Open::Qdrant(index, _) => loop {
+            // A segment below qdrant's indexing threshold (10 000 KiB) is searched exactly
+            // and never gets a graph; everything above it must be indexed.
+            let below_threshold = |points: u64| points * DIM as u64 * 4 <= 10_000 * 1024;
+            let status = index.status().await.expect("status");
+            if status.collections.iter().all(|c| {
+                c.status == "green"
+                    && (c.indexed_vectors * 100 >= c.points * 99 || below_threshold(c.points))
+            }) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        },
+    }
+}
+
+async fn bench_size(n_windows: usize, root: &Path, args: &Args, backend: Backend) -> Row {
     let n_files = n_windows / WINDOWS_PER_FILE;
     let data = if args.clustered {
         Data::Clustered {
@@ -326,20 +445,10 @@ async fn bench_size(n_windows: usize, root: &Path, args: &Args) -> Row {
     } else {
         Data::Random
     };
-    let dir = tempfile::Builder::new()
-        .prefix("traum-index-bench-")
-        .tempdir_in(root)
-        .expect("temp dir");
-    let mut config = IndexConfig::new(dir.path().join("index"), DIM);
-    config.hnsw_m = args.m;
-    config.hnsw_ef_construct = args.ef_construct;
-    config.filter_links = args.filter_links;
-    config.hnsw_ef = args.ef;
-    if let Some(ef) = args.filtered_ef {
-        config.filtered_hnsw_ef = ef;
-    }
-    let index = EdgeIndex::open(config).expect("open");
-    eprintln!("[{n_windows} windows] inserting {n_files} files …");
+    let opened = open(backend, root, args).await;
+    let index = opened.index();
+    let backend_name = backend.name();
+    eprintln!("[{backend_name}, {n_windows} windows] inserting {n_files} files …");
 
     // Bulk insert. Generating vectors is timed apart and left out of the throughput.
     let mut generate = Duration::ZERO;
@@ -380,19 +489,19 @@ async fn bench_size(n_windows: usize, root: &Path, args: &Args) -> Row {
         .collect();
     let plain = SearchParams::with_limit(LIMIT);
 
-    eprintln!("[{n_windows} windows] exact search before optimize …");
+    eprintln!("[{backend_name}, {n_windows} windows] search before optimize …");
     let brute_queries = if n_windows > 200_000 { 10 } else { 30 };
-    let (brute, brute_results) = time_searches(&index, &queries[..brute_queries], &plain).await;
+    let (brute, brute_results) = time_searches(index, &queries[..brute_queries], &plain).await;
 
-    eprintln!("[{n_windows} windows] optimize (HNSW build) …");
+    eprintln!("[{backend_name}, {n_windows} windows] optimize (HNSW build) …");
     let started = Instant::now();
-    index.optimize().await.expect("optimize");
+    optimize(&opened).await;
     let optimize = started.elapsed();
     eprintln!("  {:.0} s", optimize.as_secs_f64());
 
-    eprintln!("[{n_windows} windows] HNSW search …");
-    time_searches(&index, &queries[..10], &plain).await; // warm-up
-    let (hnsw, results) = time_searches(&index, &queries, &plain).await;
+    eprintln!("[{backend_name}, {n_windows} windows] HNSW search …");
+    time_searches(index, &queries[..10], &plain).await; // warm-up
+    let (hnsw, results) = time_searches(index, &queries, &plain).await;
     let format_filter = SearchParams {
         filter: SearchFilter {
             formats: vec!["flac".into()],
@@ -400,7 +509,7 @@ async fn bench_size(n_windows: usize, root: &Path, args: &Args) -> Row {
         },
         ..plain.clone()
     };
-    let (format, format_results) = time_searches(&index, &queries, &format_filter).await;
+    let (format, format_results) = time_searches(index, &queries, &format_filter).await;
     let duration_filter = SearchParams {
         filter: SearchFilter {
             min_duration_s: Some(20.0),
@@ -409,9 +518,9 @@ async fn bench_size(n_windows: usize, root: &Path, args: &Args) -> Row {
         },
         ..plain.clone()
     };
-    let (duration, duration_results) = time_searches(&index, &queries, &duration_filter).await;
+    let (duration, duration_results) = time_searches(index, &queries, &duration_filter).await;
 
-    eprintln!("[{n_windows} windows] exact grouping for recall …");
+    eprintln!("[{backend_name}, {n_windows} windows] exact grouping for recall …");
     let exact = exact_file_scores(data, &queries[..RECALL_QUERIES], n_files);
     let recall1 = queries[..RECALL_QUERIES]
         .iter()
@@ -434,15 +543,31 @@ async fn bench_size(n_windows: usize, root: &Path, args: &Args) -> Row {
     ];
 
     index.flush().await.expect("flush");
-    let shards = ["windows", "files"].map(|shard| dir.path().join("index").join(shard));
-    let segments = shards
-        .iter()
-        .map(|s| allocated_bytes(&s.join("segments")))
-        .sum();
-    let wal = shards.iter().map(|s| allocated_bytes(&s.join("wal"))).sum();
-    drop(index);
+    let disk = match &opened {
+        Open::Edge(_, dir) => {
+            let shards = ["windows", "files"].map(|shard| dir.path().join("index").join(shard));
+            let segments = shards
+                .iter()
+                .map(|s| allocated_bytes(&s.join("segments")))
+                .sum();
+            let wal = shards.iter().map(|s| allocated_bytes(&s.join("wal"))).sum();
+            Some((segments, wal))
+        }
+        Open::Qdrant(_, config) => {
+            let client = qdrant_client::Qdrant::from_url(&config.urls[0])
+                .skip_compatibility_check()
+                .build()
+                .expect("client");
+            for kind in ["windows", "files"] {
+                let _ = client.delete_collection(config.collection(kind)).await;
+            }
+            None
+        }
+    };
+    drop(opened);
 
     Row {
+        backend,
         windows: n_windows,
         files: n_files,
         generate,
@@ -455,8 +580,7 @@ async fn bench_size(n_windows: usize, root: &Path, args: &Args) -> Row {
         duration,
         recall1,
         recall10,
-        segments,
-        wal,
+        disk,
     }
 }
 
@@ -471,19 +595,27 @@ fn main() {
 
     let mut rows = Vec::new();
     for &n in &args.sizes {
-        let started = Instant::now();
-        rows.push(runtime.block_on(bench_size(n, &root, &args)));
-        eprintln!(
-            "[{n} windows] done in {:.0} s",
-            started.elapsed().as_secs_f64()
-        );
+        for &backend in &args.backends {
+            let started = Instant::now();
+            rows.push(runtime.block_on(bench_size(n, &root, &args, backend)));
+            eprintln!(
+                "[{}, {n} windows] done in {:.0} s",
+                backend.name(),
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
 
     println!();
     println!(
-        "traum-index / qdrant-edge 0.7.2, {DIM}-d cosine, {WINDOWS_PER_FILE} windows per file, \
+        "traum-index ({}), {DIM}-d cosine, {WINDOWS_PER_FILE} windows per file, \
          {cores} cores, limit {LIMIT}; {} data, HNSW m {}, ef_construct {}, ef {} (filtered {}), \
          filter links {}",
+        args.backends
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join(", "),
         if args.clustered {
             "clustered"
         } else {
@@ -497,12 +629,15 @@ fn main() {
         if args.filter_links { "on" } else { "off" },
     );
     println!();
-    println!("| windows | files | bulk insert | upsert_file p50 / p95 | on disk: segments / WAL |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| backend | windows | files | bulk insert | upsert_file p50 / p95 | on disk: segments / WAL |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for r in &rows {
         let points = r.files * (WINDOWS_PER_FILE + 1);
         println!(
-            "| {} | {} | {:.0} vectors/s ({:.0} s; generating {:.0} s more) | {} / {} | {} / {} |",
+            "| {} | {} | {} | {:.0} vectors/s ({:.0} s; generating {:.0} s more) | {} / {} | {} |",
+            r.backend.name(),
             r.windows,
             r.files,
             points as f64 / r.insert.as_secs_f64(),
@@ -510,19 +645,23 @@ fn main() {
             r.generate.as_secs_f64(),
             ms(r.single.p50),
             ms(r.single.p95),
-            gib(r.segments),
-            gib(r.wal),
+            r.disk.map_or("(server)".into(), |(segments, wal)| format!(
+                "{} / {}",
+                gib(segments),
+                gib(wal)
+            )),
         );
     }
     println!();
     println!(
-        "| windows | exact search p50 / p95 | optimize | HNSW p50 / p95 | + format filter | \
-         + duration filter | recall@1 | recall@10 (none / format / duration) |"
+        "| backend | windows | exact search p50 / p95 | optimize | HNSW p50 / p95 | \
+         + format filter | + duration filter | recall@1 | recall@10 (none / format / duration) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} / {} | {:.0} s | {} / {} | {} / {} | {} / {} | {:.2} | {:.2} / {:.2} / {:.2} |",
+            "| {} | {} | {} / {} | {:.0} s | {} / {} | {} / {} | {} / {} | {:.2} | {:.2} / {:.2} / {:.2} |",
+            r.backend.name(),
             r.windows,
             ms(r.brute.p50),
             ms(r.brute.p95),

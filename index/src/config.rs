@@ -1,4 +1,4 @@
-//! Configuration of the in-process index.
+//! Configuration of the two backends.
 
 use std::path::PathBuf;
 
@@ -63,5 +63,111 @@ impl IndexConfig {
             indexing_threshold_kb: None,
             wal_segment_bytes: 8 * 1024 * 1024,
         }
+    }
+}
+
+/// Configuration of [`crate::QdrantIndex`]: which Qdrant server or cluster, which
+/// collections, and how they are made. Build with [`QdrantConfig::new`] and adjust fields.
+#[derive(Clone, PartialEq)]
+pub struct QdrantConfig {
+    /// gRPC URLs of the nodes (`http://host:6334`, or `https://` for TLS). Every node of a
+    /// cluster answers for the whole collection; when one refuses, the next is tried.
+    pub urls: Vec<String>,
+    /// API key (`api-key` header). Never logged: `Debug` prints whether one is set.
+    pub api_key: Option<String>,
+    /// Collections are named `<prefix><model>_windows` and `<prefix><model>_files`.
+    pub collection_prefix: String,
+    /// The model whose vectors the collections hold (its id, e.g.
+    /// `laion/larger_clap_music_and_speech`; characters Qdrant does not allow in a
+    /// collection name become `_`).
+    pub model: String,
+    /// Embedding size of the model.
+    pub dim: usize,
+    /// Shards of a new collection (spread over the cluster's nodes).
+    pub shard_number: u32,
+    /// Copies of each shard on different nodes (a new collection's replication factor).
+    pub replication_factor: u32,
+    /// How many replicas must acknowledge a write before it returns.
+    pub write_consistency_factor: u32,
+    /// Keep a new collection's original vectors on disk (memory-mapped) instead of in RAM.
+    pub on_disk_vectors: bool,
+    /// Int8 scalar quantization of a new collection (kept in RAM; searches rescore the
+    /// best candidates with the original vectors).
+    pub int8: bool,
+    /// With `int8`: how many times `limit` candidates the quantized search fetches before
+    /// rescoring.
+    pub rescore_oversampling: f64,
+    /// HNSW `m` and `ef_construct` of a new collection.
+    pub hnsw_m: u64,
+    pub hnsw_ef_construct: u64,
+    /// `ef` of searches without a user filter (the collection's default when `None`).
+    pub hnsw_ef: Option<u64>,
+    /// `ef` of searches with a user filter.
+    pub filtered_hnsw_ef: u64,
+    /// Bound on one request (the server is asked to stop after it, too).
+    pub timeout: std::time::Duration,
+    /// Bound on connecting to a node.
+    pub connect_timeout: std::time::Duration,
+    /// Points per upsert request (a file's windows are split into requests of this size;
+    /// keeps messages far below gRPC's limits).
+    pub upsert_batch: usize,
+}
+
+impl QdrantConfig {
+    pub fn new(urls: Vec<String>, model: impl Into<String>, dim: usize) -> Self {
+        Self {
+            urls,
+            api_key: None,
+            collection_prefix: "traum_".into(),
+            model: model.into(),
+            dim,
+            shard_number: 1,
+            replication_factor: 1,
+            write_consistency_factor: 1,
+            on_disk_vectors: false,
+            int8: false,
+            rescore_oversampling: 2.0,
+            hnsw_m: 16,
+            hnsw_ef_construct: 100,
+            hnsw_ef: None,
+            filtered_hnsw_ef: 400,
+            timeout: std::time::Duration::from_secs(30),
+            connect_timeout: std::time::Duration::from_secs(5),
+            upsert_batch: 256,
+        }
+    }
+
+    /// The collection holding points of `kind` (`windows` or `files`).
+    pub fn collection(&self, kind: &str) -> String {
+        let model: String = self
+            .model
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{}{model}_{kind}", self.collection_prefix)
+    }
+}
+
+impl std::fmt::Debug for QdrantConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QdrantConfig")
+            .field("urls", &self.urls)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("collection_prefix", &self.collection_prefix)
+            .field("model", &self.model)
+            .field("dim", &self.dim)
+            .field("shard_number", &self.shard_number)
+            .field("replication_factor", &self.replication_factor)
+            .field("write_consistency_factor", &self.write_consistency_factor)
+            .field("on_disk_vectors", &self.on_disk_vectors)
+            .field("int8", &self.int8)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }

@@ -1,12 +1,11 @@
 //! [`VectorIndex`] on in-process Qdrant shards (`qdrant-edge`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use async_trait::async_trait;
 use qdrant_edge::external::ordered_float::OrderedFloat;
-use qdrant_edge::external::serde_json::{Map, Value};
 use qdrant_edge::{
     AcornSearchParams, Condition, CountRequest, CreateIndex, Distance, EdgeConfig,
     EdgeOptimizersConfig, EdgeShard, EdgeVectorParams, FieldCondition, FieldIndexOperations,
@@ -20,88 +19,43 @@ use qdrant_edge::{
 use uuid::Uuid;
 
 use crate::error::{IndexError, Result};
+use crate::schema::{self, FieldIndex, Kind};
 use crate::types::point_id;
 use crate::{
-    FileHit, FileVectors, IndexConfig, IndexCounts, SearchFilter, SearchParams, VectorIndex,
-    WindowHit,
+    CollectionStatus, FileHit, FileVectors, IndexConfig, IndexCounts, IndexStatus, SearchFilter,
+    SearchParams, VectorIndex,
 };
 
-// Payload keys.
-const FILE_ID: &str = "file_id";
-const KIND: &str = "kind";
-const DURATION_S: &str = "duration_s";
-const FORMAT: &str = "format";
-const CREATED_AT: &str = "created_at";
-const WINDOW_COUNT: &str = "window_count";
-const WINDOW_INDEX: &str = "window_index";
-const START_S: &str = "start_s";
-const END_S: &str = "end_s";
-
-const KIND_FILE: &str = "file";
-const KIND_WINDOW: &str = "window";
-
 /// Subdirectories of the index: one qdrant-edge shard for window points, one for file points.
-const WINDOWS_DIR: &str = "windows";
-const FILES_DIR: &str = "files";
+fn shard_dir(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Window => "windows",
+        Kind::File => "files",
+    }
+}
 
 /// qdrant-edge's file naming its config; its presence marks an existing shard.
 const EDGE_CONFIG_FILE: &str = "edge_config.json";
 
-/// Which points a shard holds.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Window,
-    File,
-}
-
-impl Kind {
-    fn dir(self) -> &'static str {
-        match self {
-            Kind::Window => WINDOWS_DIR,
-            Kind::File => FILES_DIR,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Window => KIND_WINDOW,
-            Kind::File => KIND_FILE,
-        }
-    }
-
-    /// The payload indexes of the shard. `enable_hnsw` matters only with
-    /// [`IndexConfig::filter_links`]: it is on for the fields a user filter may make
-    /// selective (format, duration, creation time) and off for `file_id` (tiny blocks) and
-    /// the bookkeeping fields, which searches never select on.
-    fn payload_indexes(self) -> Vec<(&'static str, PayloadSchemaParams)> {
-        let keyword = |enable_hnsw| {
-            PayloadSchemaParams::Keyword(KeywordIndexParams {
-                enable_hnsw: Some(enable_hnsw),
-                ..KeywordIndexParams::default()
-            })
-        };
-        let integer = |lookup, range, enable_hnsw| {
-            PayloadSchemaParams::Integer(IntegerIndexParams {
-                lookup: Some(lookup),
-                range: Some(range),
-                enable_hnsw: Some(enable_hnsw),
-                ..IntegerIndexParams::default()
-            })
-        };
-        let mut indexes = vec![
-            (FILE_ID, keyword(false)),
-            (FORMAT, keyword(true)),
-            (
-                DURATION_S,
-                PayloadSchemaParams::Float(FloatIndexParams::default()),
-            ),
-            (CREATED_AT, integer(false, true, true)),
-        ];
-        indexes.push(match self {
-            Kind::Window => (WINDOW_INDEX, integer(false, true, false)),
-            Kind::File => (WINDOW_COUNT, integer(true, false, false)),
-        });
-        indexes
+/// qdrant-edge's form of a payload index. `enable_hnsw` matters only with
+/// [`IndexConfig::filter_links`]: on for the fields a user filter may make selective.
+fn payload_schema(index: FieldIndex) -> PayloadSchemaParams {
+    match index {
+        FieldIndex::Keyword { filterable } => PayloadSchemaParams::Keyword(KeywordIndexParams {
+            enable_hnsw: Some(filterable),
+            ..KeywordIndexParams::default()
+        }),
+        FieldIndex::Float => PayloadSchemaParams::Float(FloatIndexParams::default()),
+        FieldIndex::Integer {
+            lookup,
+            range,
+            filterable,
+        } => PayloadSchemaParams::Integer(IntegerIndexParams {
+            lookup: Some(lookup),
+            range: Some(range),
+            enable_hnsw: Some(filterable),
+            ..IntegerIndexParams::default()
+        }),
     }
 }
 
@@ -207,8 +161,7 @@ impl EdgeIndex {
     /// Returns whether it reopened. Blocking.
     pub fn compact_wal(&self) -> Result<bool> {
         let config = &self.inner.config;
-        let wal_dirs =
-            [Kind::Window, Kind::File].map(|kind| config.path.join(kind.dir()).join("wal"));
+        let wal_dirs = Kind::ALL.map(|kind| config.path.join(shard_dir(kind)).join("wal"));
         if !wal_dirs.iter().any(|dir| closed_wal_files(dir).len() > 1) {
             return Ok(false);
         }
@@ -268,7 +221,7 @@ impl EdgeIndex {
         };
         let stats = |shard: &EdgeShard, kind: Kind| {
             let info = shard.info();
-            let dir = self.inner.config.path.join(kind.dir());
+            let dir = self.inner.config.path.join(shard_dir(kind));
             ShardStats {
                 segments: info.segments_count,
                 points: info.points_count,
@@ -330,7 +283,7 @@ impl VectorIndex for EdgeIndex {
     }
 
     async fn search(&self, query: &[f32], params: SearchParams) -> Result<Vec<FileHit>> {
-        check_vector(self.inner.config.dim, "query vector", query)?;
+        schema::check_vector(self.inner.config.dim, "query vector", query)?;
         let query = query.to_vec();
         self.blocking("search", move |inner| inner.search(query, &params))
             .await
@@ -352,6 +305,37 @@ impl VectorIndex for EdgeIndex {
             Ok(())
         })
         .await
+    }
+
+    async fn status(&self) -> Result<IndexStatus> {
+        let index = self.clone();
+        let (open, stats) = tokio::task::spawn_blocking(move || {
+            let open = matches!(
+                *index.inner.state.read().unwrap_or_else(|e| e.into_inner()),
+                State::Open(_)
+            );
+            (open, index.stats())
+        })
+        .await
+        .map_err(|e| IndexError::Task {
+            op: "status",
+            message: e.to_string(),
+        })?;
+        let collection = |kind: Kind, s: ShardStats| CollectionStatus {
+            name: shard_dir(kind).into(),
+            status: if open { "green" } else { "red" }.into(),
+            points: s.points as u64,
+            indexed_vectors: s.indexed_vectors as u64,
+            segments: s.segments as u64,
+        };
+        Ok(IndexStatus {
+            backend: "edge",
+            nodes: Vec::new(),
+            collections: vec![
+                collection(Kind::Window, stats.windows),
+                collection(Kind::File, stats.files),
+            ],
+        })
     }
 
     async fn optimize(&self) -> Result<()> {
@@ -390,78 +374,19 @@ impl Inner {
         self.files.flush();
     }
 
-    fn check_vector(&self, what: &str, v: &[f32]) -> Result<()> {
-        check_vector(self.config.dim, what, v)
-    }
-
-    fn check_file(&self, file: &FileVectors) -> Result<()> {
-        let id = file.file_id;
-        self.check_vector(&format!("file vector of {id}"), &file.vector)?;
-        if !file.duration_s.is_finite() || file.duration_s < 0.0 {
-            return Err(IndexError::InvalidArgument(format!(
-                "file {id}: duration {} s",
-                file.duration_s
-            )));
-        }
-        if u32::try_from(file.windows.len()).is_err() {
-            return Err(IndexError::InvalidArgument(format!(
-                "file {id}: {} windows",
-                file.windows.len()
-            )));
-        }
-        for (i, w) in file.windows.iter().enumerate() {
-            self.check_vector(&format!("window {i} of {id}"), &w.vector)?;
-            if !(w.start_s.is_finite() && w.end_s.is_finite() && w.start_s <= w.end_s) {
-                return Err(IndexError::InvalidArgument(format!(
-                    "window {i} of {id}: {} s to {} s",
-                    w.start_s, w.end_s
-                )));
-            }
-        }
-        Ok(())
-    }
-
     fn upsert(&self, files: Vec<FileVectors>) -> Result<()> {
-        // The last occurrence of a file wins; earlier ones would only fight over its points.
-        let mut last: HashMap<Uuid, FileVectors> = HashMap::with_capacity(files.len());
-        let mut order = Vec::with_capacity(files.len());
-        for file in files {
-            self.check_file(&file)?;
-            let id = file.file_id;
-            if last.insert(id, file).is_none() {
-                order.push(id);
-            }
-        }
-        if order.is_empty() {
+        let Some(plan) = schema::plan_upsert(self.config.dim, files)? else {
             return Ok(());
-        }
-
-        let mut window_points = Vec::new();
-        let mut file_points = Vec::with_capacity(order.len());
-        let mut stale = Vec::with_capacity(order.len());
-        for id in &order {
-            let file = last.remove(id).expect("every id in order is in the map");
-            let n_windows = file.windows.len() as u32;
-            // Windows at an index the new version no longer has.
-            stale.push(Condition::Filter(Filter {
-                must: Some(vec![
-                    match_keyword(FILE_ID, &id.to_string()),
-                    range(
-                        WINDOW_INDEX,
-                        Range {
-                            gte: Some(OrderedFloat(f64::from(n_windows))),
-                            ..empty_range()
-                        },
-                    ),
-                ]),
-                ..Filter::new()
-            }));
-            let (file_point, windows) = points(file);
-            file_points.push(file_point);
-            window_points.extend(windows);
-        }
+        };
+        let window_points: Vec<_> = plan.windows.into_iter().map(point).collect();
+        let file_points: Vec<_> = plan.files.into_iter().map(point).collect();
         let stale = Filter {
-            should: Some(stale),
+            should: Some(
+                plan.stale
+                    .iter()
+                    .map(|c| Condition::Filter(filter(c)))
+                    .collect(),
+            ),
             ..Filter::new()
         };
 
@@ -483,7 +408,7 @@ impl Inner {
     }
 
     fn delete(&self, file_id: Uuid) -> Result<()> {
-        let filter = Filter::new_must(match_keyword(FILE_ID, &file_id.to_string()));
+        let filter = Filter::new_must(condition(&schema::of_file(file_id)));
         let _writes = self.lock_writes();
         for shard in [&self.files, &self.windows] {
             shard
@@ -509,7 +434,7 @@ impl Inner {
                 shard.flush();
             }
             tracing::info!(
-                shard = kind.dir(),
+                shard = shard_dir(kind),
                 changed,
                 elapsed_s = started.elapsed().as_secs_f64(),
                 "optimised vector index"
@@ -522,7 +447,7 @@ impl Inner {
         if params.limit == 0 {
             return Ok(Vec::new());
         }
-        let base = search_filter(params);
+        let base = filter(&schema::search_conditions(params));
         let user_filter = params.filter != SearchFilter::default();
 
         // Files ranked by their windows, in rounds (see the crate docs).
@@ -536,11 +461,10 @@ impl Inner {
                 .clamp(wanted, self.config.max_candidates.max(wanted));
             let mut filter = base.clone();
             if !seen.is_empty() {
-                let seen_ids: Vec<String> = seen.iter().map(Uuid::to_string).collect();
                 filter
                     .must_not
                     .get_or_insert_with(Vec::new)
-                    .push(field_match(FILE_ID, Match::from(seen_ids)));
+                    .push(condition(&schema::of_files(&seen)));
             }
             let points = self.query(
                 Kind::Window,
@@ -576,10 +500,10 @@ impl Inner {
         // Files without windows, ranked by their file vector. The filter matches (next to)
         // no points, so qdrant answers from the payload index without walking the graph.
         let mut filter = base;
-        filter.must.get_or_insert_with(Vec::new).push(field_match(
-            WINDOW_COUNT,
-            Match::from(ValueVariants::Integer(0)),
-        ));
+        filter
+            .must
+            .get_or_insert_with(Vec::new)
+            .push(condition(&schema::without_windows()));
         let bare = self.query(
             Kind::File,
             &query,
@@ -588,14 +512,11 @@ impl Inner {
             params.limit,
             false,
         )?;
-        if !bare.is_empty() {
-            for point in &bare {
-                hits.push(parse_hit(Kind::File, point)?);
-            }
-            // Stable: on a tie, files ranked by a window stay first.
-            hits.sort_by(|a, b| b.score.total_cmp(&a.score));
-            hits.truncate(params.limit);
-        }
+        let bare = bare
+            .iter()
+            .map(|point| parse_hit(Kind::File, point))
+            .collect::<Result<Vec<_>>>()?;
+        schema::merge_bare_files(&mut hits, bare, params.limit);
         Ok(hits)
     }
 
@@ -626,10 +547,6 @@ impl Inner {
             }),
             ..Default::default()
         };
-        let with_payload = match kind {
-            Kind::Window => vec![FILE_ID, WINDOW_INDEX, START_S, END_S],
-            Kind::File => vec![FILE_ID],
-        };
         shard
             .query(QueryRequest {
                 prefetches: Vec::new(),
@@ -644,7 +561,7 @@ impl Inner {
                 params: Some(params),
                 with_vector: WithVector::Bool(false),
                 with_payload: WithPayloadInterface::Fields(
-                    with_payload.into_iter().map(key).collect(),
+                    kind.hit_fields().iter().copied().map(key).collect(),
                 ),
             })
             .map_err(|e| IndexError::backend("search", e))
@@ -694,23 +611,6 @@ impl Inner {
             windows: count(&self.windows)?,
         })
     }
-}
-
-/// A vector must have the index's dimension and finite values.
-fn check_vector(dim: usize, what: &str, v: &[f32]) -> Result<()> {
-    if v.len() != dim {
-        return Err(IndexError::VectorDimension {
-            what: what.to_owned(),
-            got: v.len(),
-            expected: dim,
-        });
-    }
-    if !v.iter().all(|x| x.is_finite()) {
-        return Err(IndexError::NonFiniteVector {
-            what: what.to_owned(),
-        });
-    }
-    Ok(())
 }
 
 /// Disk blocks allocated under `dir` (files are sparse, so their lengths would overstate it);
@@ -799,7 +699,7 @@ fn closed_wal_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Create or load the shard for `kind` under `config.path`.
 fn open_shard(config: &IndexConfig, kind: Kind) -> Result<EdgeShard> {
-    let path = config.path.join(kind.dir());
+    let path = config.path.join(shard_dir(kind));
     std::fs::create_dir_all(&path).map_err(|source| IndexError::Io {
         path: path.clone(),
         source,
@@ -860,7 +760,7 @@ fn open_shard(config: &IndexConfig, kind: Kind) -> Result<EdgeShard> {
     };
 
     let existing = shard.info().payload_schema;
-    for (field, params) in kind.payload_indexes() {
+    for (field, index) in kind.payload_indexes() {
         let field_name = key(field);
         if existing.contains_key(&field_name) {
             continue;
@@ -869,7 +769,7 @@ fn open_shard(config: &IndexConfig, kind: Kind) -> Result<EdgeShard> {
             .update(UpdateOperation::FieldIndexOperation(
                 FieldIndexOperations::CreateIndex(CreateIndex {
                     field_name,
-                    field_schema: Some(PayloadFieldSchema::FieldParams(params)),
+                    field_schema: Some(PayloadFieldSchema::FieldParams(payload_schema(index))),
                 }),
             ))
             .map_err(open_error)?;
@@ -938,64 +838,42 @@ fn key(name: &str) -> JsonPath {
     JsonPath::try_from(name).expect("payload keys are plain identifiers")
 }
 
-fn field_match(name: &str, m: Match) -> Condition {
-    Condition::Field(FieldCondition::new_match(key(name), m))
-}
-
-fn match_keyword(name: &str, value: &str) -> Condition {
-    field_match(name, Match::from(ValueVariants::String(value.to_owned())))
-}
-
-fn range(name: &str, r: Range<OrderedFloat<f64>>) -> Condition {
-    Condition::Field(FieldCondition::new_range(key(name), r))
-}
-
-fn empty_range() -> Range<OrderedFloat<f64>> {
-    Range {
-        lt: None,
-        gt: None,
-        gte: None,
-        lte: None,
-    }
-}
-
-/// The shards' filter for a search: the user's conditions and the excluded file.
-fn search_filter(params: &SearchParams) -> Filter {
-    let f = &params.filter;
-    let mut must = Vec::new();
-    if f.min_duration_s.is_some() || f.max_duration_s.is_some() {
-        must.push(range(
-            DURATION_S,
+/// qdrant-edge's form of a neutral condition.
+fn condition(c: &schema::Condition) -> Condition {
+    let field = match c {
+        schema::Condition::Keyword { key: name, any } => {
+            let m = match any.as_slice() {
+                [one] => Match::from(ValueVariants::String(one.clone())),
+                _ => Match::from(any.clone()),
+            };
+            FieldCondition::new_match(key(name), m)
+        }
+        schema::Condition::Integer { key: name, value } => {
+            FieldCondition::new_match(key(name), Match::from(ValueVariants::Integer(*value)))
+        }
+        schema::Condition::Range { key: name, range } => FieldCondition::new_range(
+            key(name),
             Range {
-                gte: f.min_duration_s.map(OrderedFloat),
-                lte: f.max_duration_s.map(OrderedFloat),
-                ..empty_range()
+                gt: range.gt.map(OrderedFloat),
+                gte: range.gte.map(OrderedFloat),
+                lt: range.lt.map(OrderedFloat),
+                lte: range.lte.map(OrderedFloat),
             },
-        ));
-    }
-    if !f.formats.is_empty() {
-        let formats: Vec<String> = f.formats.iter().map(|s| s.to_lowercase()).collect();
-        must.push(field_match(FORMAT, Match::from(formats)));
-    }
-    if f.created_after.is_some() || f.created_before.is_some() {
-        // Unix seconds are far below 2^53: exact as f64.
-        must.push(range(
-            CREATED_AT,
-            Range {
-                gt: f.created_after.map(|t| OrderedFloat(t as f64)),
-                lt: f.created_before.map(|t| OrderedFloat(t as f64)),
-                ..empty_range()
-            },
-        ));
-    }
-    let must_not = params
-        .exclude_file
-        .map(|id| vec![match_keyword(FILE_ID, &id.to_string())]);
+        ),
+    };
+    Condition::Field(field)
+}
+
+/// qdrant-edge's form of a neutral conjunction.
+fn filter(c: &schema::Conditions) -> Filter {
+    let conditions = |cs: &[schema::Condition]| {
+        (!cs.is_empty()).then(|| cs.iter().map(condition).collect::<Vec<_>>())
+    };
     Filter {
         should: None,
         min_should: None,
-        must: (!must.is_empty()).then_some(must),
-        must_not,
+        must: conditions(&c.must),
+        must_not: conditions(&c.must_not),
     }
 }
 
@@ -1006,92 +884,20 @@ fn filter_is_empty(f: &Filter) -> bool {
         && f.min_should.is_none()
 }
 
-/// The points of a file: its file point and its window points.
-fn points(file: FileVectors) -> (PointStructPersisted, Vec<PointStructPersisted>) {
-    let FileVectors {
-        file_id,
-        duration_s,
-        format,
-        created_at,
-        vector,
-        windows,
-    } = file;
-    let mut common = Map::new();
-    common.insert(FILE_ID.into(), Value::from(file_id.to_string()));
-    common.insert(DURATION_S.into(), Value::from(duration_s));
-    common.insert(FORMAT.into(), Value::from(format.to_lowercase()));
-    common.insert(CREATED_AT.into(), Value::from(created_at));
-
-    let mut payload = common.clone();
-    payload.insert(KIND.into(), Value::from(Kind::File.name()));
-    payload.insert(WINDOW_COUNT.into(), Value::from(windows.len()));
-    let file_point = PointStructPersisted {
-        id: PointId::Uuid(point_id::file(file_id)),
-        vector: VectorStructPersisted::Single(vector),
-        payload: Some(Payload(payload)),
-    };
-    let window_points = windows
-        .into_iter()
-        .enumerate()
-        .map(|(i, w)| {
-            let index = i as u32; // checked by `check_file`
-            let mut payload = common.clone();
-            payload.insert(KIND.into(), Value::from(Kind::Window.name()));
-            payload.insert(WINDOW_INDEX.into(), Value::from(index));
-            payload.insert(START_S.into(), Value::from(w.start_s));
-            payload.insert(END_S.into(), Value::from(w.end_s));
-            PointStructPersisted {
-                id: PointId::Uuid(point_id::window(file_id, index)),
-                vector: VectorStructPersisted::Single(w.vector),
-                payload: Some(Payload(payload)),
-            }
-        })
-        .collect();
-    (file_point, window_points)
+fn point(p: schema::Point) -> PointStructPersisted {
+    PointStructPersisted {
+        id: PointId::Uuid(p.id),
+        vector: VectorStructPersisted::Single(p.vector),
+        payload: Some(Payload(p.payload)),
+    }
 }
 
 fn parse_hit(kind: Kind, point: &ScoredPoint) -> Result<FileHit> {
-    let corrupt = |reason: String| IndexError::CorruptPayload {
-        point: point.id.to_string(),
-        reason,
+    let Some(payload) = point.payload.as_ref() else {
+        return Err(IndexError::CorruptPayload {
+            point: point.id.to_string(),
+            reason: "no payload".into(),
+        });
     };
-    let payload = point
-        .payload
-        .as_ref()
-        .ok_or_else(|| corrupt("no payload".into()))?;
-    let field = |name: &str| {
-        payload
-            .0
-            .get(name)
-            .ok_or_else(|| corrupt(format!("no `{name}`")))
-    };
-    let file_id = field(FILE_ID)?
-        .as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .ok_or_else(|| corrupt(format!("`{FILE_ID}` is not a UUID")))?;
-    let best_window = match kind {
-        Kind::File => None,
-        Kind::Window => {
-            let index = field(WINDOW_INDEX)?
-                .as_u64()
-                .and_then(|i| u32::try_from(i).ok())
-                .ok_or_else(|| corrupt(format!("`{WINDOW_INDEX}` is not a window index")))?;
-            let seconds = |name: &str| {
-                field(name)?
-                    .as_f64()
-                    .ok_or_else(|| corrupt(format!("`{name}` is not a number")))
-            };
-            Some(WindowHit {
-                index,
-                start_s: seconds(START_S)?,
-                end_s: seconds(END_S)?,
-                score: point.score,
-            })
-        }
-    };
-    Ok(FileHit {
-        file_id,
-        score: point.score,
-        best_window,
-    })
+    schema::parse_hit(kind, &point.id, &payload.0, point.score)
 }

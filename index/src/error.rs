@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// A boxed error from a storage backend (qdrant-edge, or later qdrant-client).
+/// A boxed error from a storage backend (qdrant-edge or qdrant-client).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What went wrong in the index. Each variant names its cause.
@@ -76,6 +76,19 @@ pub enum IndexError {
     /// process restarts.
     #[error("index at {} is closed: reopening it failed: {reason}", path.display())]
     Closed { path: PathBuf, reason: String },
+
+    /// A Qdrant collection exists but does not fit this model or this crate's points.
+    #[error("Qdrant collection `{collection}` cannot be used: {reason}")]
+    Collection { collection: String, reason: String },
+
+    /// No Qdrant node answered (each refused, timed out or could not be reached).
+    #[error("index {op} failed: no Qdrant node answered ({nodes}): {source}")]
+    Unreachable {
+        op: &'static str,
+        nodes: String,
+        #[source]
+        source: BoxError,
+    },
 
     /// The blocking task running an operation panicked or was cancelled.
     #[error("index {op} task did not complete: {message}")]

@@ -76,14 +76,17 @@
 mod config;
 mod edge;
 mod error;
+mod qdrant;
+mod schema;
 mod types;
 
-pub use config::IndexConfig;
+pub use config::{IndexConfig, QdrantConfig};
 pub use edge::{allocated_bytes, EdgeIndex, IndexStats, ShardStats};
 pub use error::{BoxError, IndexError, Result};
+pub use qdrant::QdrantIndex;
 pub use types::{
-    point_id, FileHit, FileVectors, IndexCounts, SearchFilter, SearchParams, WindowHit,
-    WindowVector,
+    point_id, CollectionStatus, FileHit, FileVectors, IndexCounts, IndexStatus, NodeStatus,
+    SearchFilter, SearchParams, WindowHit, WindowVector,
 };
 pub use uuid::Uuid;
 
@@ -131,4 +134,7 @@ pub trait VectorIndex: Send + Sync {
     async fn optimize(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Which backend this is, its nodes and its collections (for health pages and metrics).
+    async fn status(&self) -> Result<IndexStatus>;
 }

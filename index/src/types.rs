@@ -106,6 +106,44 @@ pub struct IndexCounts {
     pub windows: u64,
 }
 
+/// What a backend reports about itself ([`crate::VectorIndex::status`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexStatus {
+    /// `"edge"` (in-process) or `"qdrant"` (server or cluster).
+    pub backend: &'static str,
+    /// The server nodes and whether each answered (empty for the in-process index).
+    pub nodes: Vec<NodeStatus>,
+    /// The collections (shards, for the in-process index) and what they hold; empty when
+    /// no node answered.
+    pub collections: Vec<CollectionStatus>,
+}
+
+/// One Qdrant node as last seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeStatus {
+    pub url: String,
+    pub reachable: bool,
+    /// The server's version, when it answered.
+    pub version: Option<String>,
+    /// Why it did not answer.
+    pub error: Option<String>,
+}
+
+/// One collection (or in-process shard).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionStatus {
+    pub name: String,
+    /// Qdrant's collection status: `green` (ready), `yellow` (optimising), `grey`
+    /// (optimisation pending), `red` (failed); the in-process index says `green` while it is
+    /// open (its `optimize` runs when the service asks) and `red` once it is closed.
+    pub status: String,
+    /// Points (approximate while deletes are not vacuumed).
+    pub points: u64,
+    /// Vectors in HNSW graphs.
+    pub indexed_vectors: u64,
+    pub segments: u64,
+}
+
 /// The deterministic point ids: UUID v5 in the file id's namespace, named `file` for the
 /// file vector and `window/<index>` for a window. Re-indexing a file hits the same points.
 pub mod point_id {

@@ -114,6 +114,87 @@ pub struct LibraryArgs {
     /// ... and at least this often, in seconds, while writes go on.
     #[arg(long, env = "TRAUM_INDEX_OPTIMIZE_MAX_DELAY_S", default_value_t = 60.0)]
     pub index_optimize_max_delay_s: f64,
+    #[command(flatten)]
+    pub vectors: VectorStoreArgs,
+}
+
+/// Where the vectors live: in-process (`edge`, in the data directory) or on a Qdrant
+/// server or cluster (`qdrant`), which several `traum serve` replicas can share.
+#[derive(Debug, Clone, Args)]
+pub struct VectorStoreArgs {
+    /// edge (in-process, in the data directory) or qdrant (a server or cluster).
+    #[arg(long, env = "TRAUM_VECTOR_STORE", default_value = "edge")]
+    pub vector_store: VectorStoreKind,
+    /// Qdrant gRPC URLs, comma-separated (http://host:6334, or https:// for TLS); when one
+    /// node refuses, the next is tried.
+    #[arg(
+        long,
+        env = "TRAUM_QDRANT_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:6334"
+    )]
+    pub qdrant_url: Vec<String>,
+    /// Qdrant API key (sent as `api-key`; never logged).
+    #[arg(long, env = "TRAUM_QDRANT_API_KEY", hide_env_values = true)]
+    pub qdrant_api_key: Option<Secret>,
+    /// Collections are named <prefix><model>_windows and <prefix><model>_files.
+    #[arg(long, env = "TRAUM_QDRANT_COLLECTION_PREFIX", default_value = "traum_")]
+    pub qdrant_collection_prefix: String,
+    /// Shards of a new collection.
+    #[arg(long, env = "TRAUM_QDRANT_SHARDS", default_value_t = 1)]
+    pub qdrant_shards: u32,
+    /// Copies of each shard of a new collection (on different nodes).
+    #[arg(long, env = "TRAUM_QDRANT_REPLICATION_FACTOR", default_value_t = 1)]
+    pub qdrant_replication_factor: u32,
+    /// Replicas that must acknowledge a write before it counts.
+    #[arg(
+        long,
+        env = "TRAUM_QDRANT_WRITE_CONSISTENCY_FACTOR",
+        default_value_t = 1
+    )]
+    pub qdrant_write_consistency_factor: u32,
+    /// Keep a new collection's vectors on disk (memory-mapped) instead of in RAM.
+    #[arg(long, env = "TRAUM_QDRANT_ON_DISK_VECTORS")]
+    pub qdrant_on_disk_vectors: bool,
+    /// none, or int8 (scalar quantization of a new collection; searches rescore).
+    #[arg(long, env = "TRAUM_QDRANT_QUANTIZATION", default_value = "none")]
+    pub qdrant_quantization: Quantization,
+    /// Longest wait for one Qdrant request, seconds.
+    #[arg(long, env = "TRAUM_QDRANT_TIMEOUT_S", default_value_t = 30.0)]
+    pub qdrant_timeout_s: f64,
+    /// Longest wait to connect to a Qdrant node, seconds.
+    #[arg(long, env = "TRAUM_QDRANT_CONNECT_TIMEOUT_S", default_value_t = 5.0)]
+    pub qdrant_connect_timeout_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VectorStoreKind {
+    Edge,
+    Qdrant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Quantization {
+    None,
+    Int8,
+}
+
+/// A secret from the command line or environment: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 #[derive(Debug, Clone, Args)]

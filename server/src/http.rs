@@ -116,7 +116,10 @@ pub fn router(
     let mut router = Router::new()
         .merge(api)
         .route("/graphiql/{name}", get(graphiql_asset))
+        // Alive: the process answers. Ready: it can serve (database and vector store
+        // answer); load balancers route by this one.
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .with_state(state);
     router = match client_dir.filter(|d| d.join("index.html").is_file()) {
         Some(dir) => {
@@ -1108,10 +1111,25 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.library.readiness().await {
+        Ok(()) => "ready".into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn metrics_get(State(state): State<AppState>, req: axum::extract::Request) -> Response {
     if let Err(e) = caller_of(&req).require(Scope::Read) {
         return api_error_response(&e);
     }
+    // Node reachability and collection sizes as of now (an unanswered check leaves the
+    // last figures; `traum_vector_store_nodes{state="unreachable"}` says why).
+    let _ = state.library.index_status().await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.library.metrics.render(),

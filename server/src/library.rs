@@ -17,7 +17,9 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use traum_index::{EdgeIndex, FileHit, IndexConfig, SearchParams, VectorIndex};
+use traum_index::{
+    EdgeIndex, FileHit, IndexConfig, QdrantConfig, QdrantIndex, SearchParams, VectorIndex,
+};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -52,6 +54,18 @@ pub struct LibraryConfig {
     pub max_concurrent_searches: usize,
     /// When the vector index is optimised; none: never (benchmarks that measure it).
     pub index_maintenance: Option<IndexMaintenance>,
+    /// Where the vectors live.
+    pub vector_store: VectorStore,
+}
+
+/// Where the library's vectors live.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VectorStore {
+    /// In-process (qdrant-edge), in `<data_dir>/index`.
+    Edge,
+    /// A Qdrant server or cluster. `model` and `dim` are set from the loaded model when
+    /// the library opens.
+    Qdrant(Box<QdrantConfig>),
 }
 
 impl LibraryConfig {
@@ -69,7 +83,19 @@ impl LibraryConfig {
             storage_quota_bytes: None,
             max_concurrent_searches: 32,
             index_maintenance: Some(IndexMaintenance::default()),
+            vector_store: VectorStore::Edge,
         }
+    }
+}
+
+/// The model's name in Qdrant collection names: a hub id as it is
+/// (`laion/larger_clap_music_and_speech`), a model directory by its last component.
+fn collection_model_name(model_id: &str) -> String {
+    let path = std::path::Path::new(model_id);
+    let is_dir = model_id.starts_with(['/', '.', '~']) || path.is_dir();
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some(name) if is_dir => name.to_owned(),
+        _ => model_id.to_owned(),
     }
 }
 
@@ -142,11 +168,25 @@ impl Library {
                 source,
             })?;
         let dim = model.info().embedding_dim;
-        let index_config = IndexConfig::new(paths.index(), dim);
-        let index = tokio::task::spawn_blocking(move || EdgeIndex::open(index_config))
-            .await
-            .map_err(|e| OpenError::Other(e.to_string()))?
-            .map_err(OpenError::Index)?;
+        let (index, index_kind): (Arc<dyn VectorIndex>, _) = match &config.vector_store {
+            VectorStore::Edge => {
+                let index_config = IndexConfig::new(paths.index(), dim);
+                let index = tokio::task::spawn_blocking(move || EdgeIndex::open(index_config))
+                    .await
+                    .map_err(|e| OpenError::Other(e.to_string()))?
+                    .map_err(OpenError::Index)?;
+                (Arc::new(index), "qdrant-edge")
+            }
+            VectorStore::Qdrant(qdrant) => {
+                let mut qdrant = (**qdrant).clone();
+                qdrant.model = collection_model_name(&model.info().model_id);
+                qdrant.dim = dim;
+                let index = QdrantIndex::connect(qdrant)
+                    .await
+                    .map_err(OpenError::Qdrant)?;
+                (Arc::new(index), "qdrant")
+            }
+        };
         let removed = paths.clean_incoming().unwrap_or(0);
         if removed > 0 {
             tracing::info!(removed, "removed unfinished uploads");
@@ -169,8 +209,8 @@ impl Library {
             Embedder::start(Arc::new(model), config.batcher, metrics.clone());
         let library = Arc::new(Self {
             db,
-            index: Arc::new(index),
-            index_kind: "qdrant-edge",
+            index,
+            index_kind,
             embedder,
             events: EventBus::new(4096),
             metrics,
@@ -197,6 +237,40 @@ impl Library {
             library.index_changed();
         }
         Ok(library)
+    }
+
+    /// The vector store's status (nodes, collections), also recorded in the metrics. Bounded:
+    /// a store that does not answer within 5 s is reported as an error.
+    pub async fn index_status(&self) -> Result<traum_index::IndexStatus, String> {
+        match tokio::time::timeout(Duration::from_secs(5), self.index.status()).await {
+            Ok(Ok(status)) => {
+                self.metrics.record_index_status(&status);
+                Ok(status)
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the vector store did not answer within 5 s".into()),
+        }
+    }
+
+    /// Whether this process can serve requests now: not shutting down, the database
+    /// answers, and the vector store answers (for Qdrant: at least one node). The reason
+    /// when not.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if self.shutdown.is_cancelled() {
+            return Err("shutting down".into());
+        }
+        tokio::time::timeout(Duration::from_secs(5), self.db.ping())
+            .await
+            .map_err(|_| "the database did not answer within 5 s".to_string())?
+            .map_err(|e| format!("the database does not answer: {e}"))?;
+        let status = self.index_status().await?;
+        if !status.nodes.is_empty() && !status.nodes.iter().any(|n| n.reachable) {
+            return Err("no Qdrant node answers".into());
+        }
+        if let Some(c) = status.collections.iter().find(|c| c.status == "red") {
+            return Err(format!("vector collection {} is failed (red)", c.name));
+        }
+        Ok(())
     }
 
     /// Keeps a received file: the existing row when the content is known
@@ -512,6 +586,8 @@ pub enum OpenError {
     },
     #[error("{0} (is another `traum serve` or `traum ingest` using this data directory?)")]
     Index(traum_index::IndexError),
+    #[error("cannot use the Qdrant vector store: {0}")]
+    Qdrant(traum_index::IndexError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("{0}")]

@@ -2,7 +2,7 @@
 
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric of the service, registered in one registry.
@@ -31,6 +31,12 @@ pub struct Metrics {
     pub index_optimize_seconds: Histogram,
     /// Index writes (files indexed or deleted) since the last optimisation began.
     pub index_writes_pending: IntGauge,
+    /// 1 for the vector store in use (`backend`: `edge` or `qdrant`).
+    pub vector_store_backend: IntGaugeVec,
+    /// Qdrant nodes by `state` (`reachable`, `unreachable`) at the last status check.
+    pub vector_store_nodes: IntGaugeVec,
+    /// Points per collection (or in-process shard) at the last status check.
+    pub vector_store_points: IntGaugeVec,
 }
 
 impl Metrics {
@@ -104,8 +110,32 @@ impl Metrics {
             "Index writes not yet seen by an optimisation",
         )
         .unwrap();
+        let vector_store_backend = IntGaugeVec::new(
+            Opts::new("vector_store_backend", "The vector store in use (1)"),
+            &["backend"],
+        )
+        .unwrap();
+        let vector_store_nodes = IntGaugeVec::new(
+            Opts::new(
+                "vector_store_nodes",
+                "Qdrant nodes by state at the last status check",
+            ),
+            &["state"],
+        )
+        .unwrap();
+        let vector_store_points = IntGaugeVec::new(
+            Opts::new(
+                "vector_store_points",
+                "Points per vector collection at the last status check",
+            ),
+            &["collection"],
+        )
+        .unwrap();
         for c in [
             Box::new(uploads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(vector_store_backend.clone()),
+            Box::new(vector_store_nodes.clone()),
+            Box::new(vector_store_points.clone()),
             Box::new(embed_skipped.clone()),
             Box::new(files_processed.clone()),
             Box::new(stage_seconds.clone()),
@@ -132,6 +162,28 @@ impl Metrics {
             embed_skipped,
             index_optimize_seconds,
             index_writes_pending,
+            vector_store_backend,
+            vector_store_nodes,
+            vector_store_points,
+        }
+    }
+
+    /// Records a vector store status check.
+    pub fn record_index_status(&self, status: &traum_index::IndexStatus) {
+        self.vector_store_backend
+            .with_label_values(&[status.backend])
+            .set(1);
+        let reachable = status.nodes.iter().filter(|n| n.reachable).count();
+        self.vector_store_nodes
+            .with_label_values(&["reachable"])
+            .set(reachable as i64);
+        self.vector_store_nodes
+            .with_label_values(&["unreachable"])
+            .set((status.nodes.len() - reachable) as i64);
+        for c in &status.collections {
+            self.vector_store_points
+                .with_label_values(&[&c.name])
+                .set(c.points as i64);
         }
     }
 

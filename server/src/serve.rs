@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::net::TcpListener;
+use traum_index::QdrantConfig;
 
 use crate::auth::{Anonymous, Auth, RateLimit, Scope};
-use crate::cli::{LibraryArgs, ModelArgs, ServeArgs};
+use crate::cli::{
+    LibraryArgs, ModelArgs, Quantization, ServeArgs, VectorStoreArgs, VectorStoreKind,
+};
 use crate::graphql::{build_schema, SchemaLimits};
 use crate::http::{router, HttpConfig};
-use crate::library::{Library, LibraryConfig};
+use crate::library::{Library, LibraryConfig, VectorStore};
 use crate::pipeline::batcher::BatcherConfig;
 use crate::pipeline::maintenance::IndexMaintenance;
 
@@ -51,6 +54,7 @@ pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryCo
             bail!("{flag} must be a number of seconds ≥ 0, got {value}");
         }
     }
+    config.vector_store = vector_store(&args.vectors)?;
     config.index_maintenance = (args.index_optimize_idle_s > 0.0).then(|| IndexMaintenance {
         idle: Duration::from_secs_f64(args.index_optimize_idle_s),
         max_delay: Duration::from_secs_f64(
@@ -65,6 +69,44 @@ pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryCo
         config.storage_quota_bytes = Some((gb * 1e9) as u64);
     }
     Ok(config)
+}
+
+/// The vector store the arguments name. The Qdrant collections' model name and size are
+/// filled in when the library opens (they come from the loaded model).
+fn vector_store(args: &VectorStoreArgs) -> Result<VectorStore> {
+    Ok(match args.vector_store {
+        VectorStoreKind::Edge => VectorStore::Edge,
+        VectorStoreKind::Qdrant => {
+            let urls: Vec<String> = args
+                .qdrant_url
+                .iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect();
+            if urls.is_empty() {
+                bail!("--vector-store qdrant needs --qdrant-url (e.g. http://127.0.0.1:6334)");
+            }
+            for (flag, value) in [
+                ("--qdrant-timeout-s", args.qdrant_timeout_s),
+                ("--qdrant-connect-timeout-s", args.qdrant_connect_timeout_s),
+            ] {
+                if !(value > 0.0 && value <= 3600.0) {
+                    bail!("{flag} must be between 0 and 3600 seconds, got {value}");
+                }
+            }
+            let mut config = QdrantConfig::new(urls, String::new(), 0);
+            config.api_key = args.qdrant_api_key.as_ref().map(|k| k.0.clone());
+            config.collection_prefix = args.qdrant_collection_prefix.clone();
+            config.shard_number = args.qdrant_shards;
+            config.replication_factor = args.qdrant_replication_factor;
+            config.write_consistency_factor = args.qdrant_write_consistency_factor;
+            config.on_disk_vectors = args.qdrant_on_disk_vectors;
+            config.int8 = args.qdrant_quantization == Quantization::Int8;
+            config.timeout = Duration::from_secs_f64(args.qdrant_timeout_s);
+            config.connect_timeout = Duration::from_secs_f64(args.qdrant_connect_timeout_s);
+            VectorStore::Qdrant(Box::new(config))
+        }
+    })
 }
 
 /// Loads the model (off the async runtime) and opens the library.

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod qdrant;
 mod signals;
 pub use signals::*;
 

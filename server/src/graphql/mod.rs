@@ -198,6 +198,7 @@ impl Query {
         let lib = library(ctx)?;
         let counts = store::count_by_status(&lib.db).await.gql()?;
         let points = lib.index.count().await.gql()?;
+        let status = lib.index_status().await;
         let info = lib.embedder.info();
         Ok(Health {
             status: if lib.shutdown.is_cancelled() {
@@ -222,6 +223,36 @@ impl Query {
                 files: points.files as f64,
                 windows: points.windows as f64,
                 points: (points.files + points.windows) as f64,
+                nodes: status
+                    .as_ref()
+                    .map(|s| {
+                        s.nodes
+                            .iter()
+                            .map(|n| VectorStoreNode {
+                                url: n.url.clone(),
+                                reachable: n.reachable,
+                                version: n.version.clone(),
+                                error: n.error.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                collections: status
+                    .as_ref()
+                    .map(|s| {
+                        s.collections
+                            .iter()
+                            .map(|c| VectorCollection {
+                                name: c.name.clone(),
+                                status: c.status.clone(),
+                                points: c.points as f64,
+                                indexed_vectors: c.indexed_vectors as f64,
+                                segments: c.segments as i32,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                status_error: status.err(),
             },
             queue: QueueInfo {
                 queued: counts.queued as i32,

@@ -247,7 +247,7 @@ pub struct ModelInfo {
 
 #[derive(SimpleObject)]
 pub struct VectorStoreInfo {
-    /// "qdrant-edge" (in-process) or "qdrant" (server).
+    /// "qdrant-edge" (in-process) or "qdrant" (server or cluster).
     pub kind: String,
     /// File vectors.
     pub files: f64,
@@ -255,6 +255,36 @@ pub struct VectorStoreInfo {
     pub windows: f64,
     /// All points: files + windows.
     pub points: f64,
+    /// Qdrant nodes and whether each answered just now (empty for the in-process store).
+    pub nodes: Vec<VectorStoreNode>,
+    /// The collections (in-process: shards) and what they hold.
+    pub collections: Vec<VectorCollection>,
+    /// Why the status check failed, when it did (the counts above still come from the
+    /// store).
+    pub status_error: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct VectorStoreNode {
+    /// The node's gRPC URL as configured.
+    pub url: String,
+    pub reachable: bool,
+    /// The node's Qdrant version, when it answered.
+    pub version: Option<String>,
+    /// Why it did not answer.
+    pub error: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct VectorCollection {
+    pub name: String,
+    /// green (ready), yellow (optimising), grey (optimisation pending), red (failed).
+    pub status: String,
+    /// Points (approximate while deleted points are not yet vacuumed).
+    pub points: f64,
+    /// Vectors in HNSW graphs.
+    pub indexed_vectors: f64,
+    pub segments: i32,
 }
 
 #[derive(SimpleObject)]
