@@ -97,7 +97,8 @@ impl QdrantIndex {
                 let mut builder = Qdrant::from_url(url)
                     .timeout(config.timeout)
                     .connect_timeout(config.connect_timeout)
-                    // We check the server ourselves; the client's check prints to stdout.
+                    // The client's own version check prints to stdout; `connect` logs the
+                    // server's version and warns below instead.
                     .skip_compatibility_check();
                 if let Some(key) = &config.api_key {
                     builder = builder.api_key(key.as_str());
@@ -124,11 +125,16 @@ impl QdrantIndex {
             .call("health check", |c| async move { c.health_check().await })
             .await?
             .version;
-        tracing::info!(
-            node = %index.inner.nodes[index.inner.current.load(Ordering::Relaxed)].url,
-            version,
-            "connected to Qdrant"
-        );
+        let node = &index.inner.nodes[index.inner.current.load(Ordering::Relaxed)].url;
+        tracing::info!(%node, version, "connected to Qdrant");
+        if !version_is_tested(&version) {
+            tracing::warn!(
+                %node,
+                version,
+                "this Qdrant version is not the one traum is tested with ({TESTED_VERSION}.x); \
+                 searches or collection options may fail"
+            );
+        }
         for kind in Kind::ALL {
             index.ensure_collection(kind).await?;
         }
@@ -611,6 +617,23 @@ impl VectorIndex for QdrantIndex {
     }
 }
 
+/// The server line the client (qdrant-client 1.18) and the tests match.
+const TESTED_VERSION: &str = "1.18";
+
+/// Whether a server version (`1.18.3`) is within one minor release of [`TESTED_VERSION`].
+fn version_is_tested(version: &str) -> bool {
+    let minor = |v: &str| -> Option<(u32, u32)> {
+        let mut parts = v.trim_start_matches('v').split('.');
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (minor(version), minor(TESTED_VERSION)) {
+        (Some((major, minor)), Some((tested_major, tested_minor))) => {
+            major == tested_major && minor.abs_diff(tested_minor) <= 1
+        }
+        _ => false,
+    }
+}
+
 /// Whether the error says that the node, not the request, failed: then another node may
 /// answer. Transport errors reach us as `Unavailable` (reset, or refused once connected
 /// before) or `Unknown`; a connection that cannot be made at all as qdrant-client's own
@@ -675,4 +698,19 @@ fn parse_hit(kind: Kind, hit: ScoredPoint) -> Result<FileHit> {
     };
     let payload = serde_json::Map::from(Payload::from(hit.payload));
     schema::parse_hit(kind, &id, &payload, hit.score)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_is_tested;
+
+    #[test]
+    fn server_versions_near_the_client_are_tested() {
+        assert!(version_is_tested("1.18.3"));
+        assert!(version_is_tested("1.17.0"));
+        assert!(version_is_tested("v1.19.1"));
+        assert!(!version_is_tested("1.15.4"));
+        assert!(!version_is_tested("2.18.0"));
+        assert!(!version_is_tested("dev"));
+    }
 }

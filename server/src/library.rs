@@ -230,7 +230,13 @@ impl Library {
             batcher_task: Mutex::new(Some(batcher_task)),
             maintenance_task: Mutex::new(None),
         });
-        if let Some(config) = library.config.index_maintenance {
+        // A Qdrant server optimises its collections by itself; only the in-process store
+        // needs us to.
+        let maintenance = library
+            .config
+            .index_maintenance
+            .filter(|_| matches!(library.config.vector_store, VectorStore::Edge));
+        if let Some(config) = maintenance {
             *library.maintenance_task.lock().unwrap() = Some(maintenance::start(&library, config));
             // A library written by an older version, or whose last run stopped before its
             // optimisation, is brought up to date once the start is quiet.
@@ -515,8 +521,12 @@ impl Library {
         .await
     }
 
-    /// Called after vectors were written or deleted.
+    /// Called after vectors were written or deleted. (A Qdrant server optimises by itself:
+    /// nothing to schedule, nothing pending.)
     pub(crate) fn index_changed(&self) {
+        if !matches!(self.config.vector_store, VectorStore::Edge) {
+            return;
+        }
         self.metrics.index_writes_pending.inc();
         // One permit at most: changes while the maintenance task is busy fold into one.
         self.index_changes.notify_one();
