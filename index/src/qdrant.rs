@@ -190,16 +190,27 @@ impl QdrantIndex {
         })
     }
 
+    /// [`Self::call`] with a request that each attempt gets a copy of.
+    async fn send<R, T, F, Fut>(&self, op: &'static str, request: &R, f: F) -> Result<T>
+    where
+        R: Clone,
+        F: Fn(Qdrant, R) -> Fut,
+        Fut: Future<Output = Result<T, QdrantError>>,
+    {
+        self.call(op, |c| f(c, request.clone())).await
+    }
+
+    async fn collection_exists(&self, name: &str) -> Result<bool> {
+        self.send("collection check", &name.to_owned(), |c, r| async move {
+            c.collection_exists(r).await
+        })
+        .await
+    }
+
     async fn ensure_collection(&self, kind: Kind) -> Result<()> {
         let config = &self.inner.config;
         let name = self.collection(kind).to_owned();
-        let exists = self
-            .call("collection check", |c| {
-                let name = name.clone();
-                async move { c.collection_exists(name).await }
-            })
-            .await?;
-        if !exists {
+        if !self.collection_exists(&name).await? {
             let mut vectors = VectorParamsBuilder::new(config.dim as u64, Distance::Cosine)
                 .on_disk(config.on_disk_vectors);
             if config.int8 {
@@ -226,22 +237,15 @@ impl QdrantIndex {
                 )
                 .build();
             match self
-                .call("create collection", |c| {
-                    let create = create.clone();
-                    async move { c.create_collection(create).await }
+                .send("create collection", &create, |c, r| async move {
+                    c.create_collection(r).await
                 })
                 .await
             {
                 Ok(_) => tracing::info!(collection = %name, "created Qdrant collection"),
                 // Another replica may have created it at the same moment.
                 Err(e) => {
-                    let exists = self
-                        .call("collection check", |c| {
-                            let name = name.clone();
-                            async move { c.collection_exists(name).await }
-                        })
-                        .await?;
-                    if !exists {
+                    if !self.collection_exists(&name).await? {
                         return Err(e);
                     }
                 }
@@ -249,9 +253,8 @@ impl QdrantIndex {
         }
 
         let info = self
-            .call("collection info", |c| {
-                let name = name.clone();
-                async move { c.collection_info(name).await }
+            .send("collection info", &name, |c, r| async move {
+                c.collection_info(r).await
             })
             .await?
             .result
@@ -320,9 +323,8 @@ impl QdrantIndex {
             }
             .wait(true)
             .build();
-            self.call("create payload index", |c| {
-                let request = request.clone();
-                async move { c.create_field_index(request).await }
+            self.send("create payload index", &request, |c, r| async move {
+                c.create_field_index(r).await
             })
             .await?;
             tracing::debug!(collection = %name, field, "created payload index");
@@ -336,9 +338,8 @@ impl QdrantIndex {
                 .wait(true)
                 .ordering(ordering())
                 .build();
-            self.call("upsert", |c| {
-                let request = request.clone();
-                async move { c.upsert_points(request).await }
+            self.send("upsert", &request, |c, r| async move {
+                c.upsert_points(r).await
             })
             .await?;
         }
@@ -351,11 +352,8 @@ impl QdrantIndex {
             .wait(true)
             .ordering(ordering())
             .build();
-        self.call(op, |c| {
-            let request = request.clone();
-            async move { c.delete_points(request).await }
-        })
-        .await?;
+        self.send(op, &request, |c, r| async move { c.delete_points(r).await })
+            .await?;
         Ok(())
     }
 
@@ -402,10 +400,11 @@ impl QdrantIndex {
         }
         let request = request.build();
         let response = self
-            .call("search", |c| {
-                let request = request.clone();
-                async move { c.query_groups(request).await }
-            })
+            .send(
+                "search",
+                &request,
+                |c, r| async move { c.query_groups(r).await },
+            )
             .await?;
         response
             .result
@@ -445,10 +444,7 @@ impl QdrantIndex {
         }
         let request = request.build();
         let response = self
-            .call("search", |c| {
-                let request = request.clone();
-                async move { c.query(request).await }
-            })
+            .send("search", &request, |c, r| async move { c.query(r).await })
             .await?;
         response
             .result
@@ -462,10 +458,7 @@ impl QdrantIndex {
             .exact(true)
             .build();
         let response = self
-            .call("count", |c| {
-                let request = request.clone();
-                async move { c.count(request).await }
-            })
+            .send("count", &request, |c, r| async move { c.count(r).await })
             .await?;
         Ok(response.result.map_or(0, |r| r.count))
     }
@@ -524,10 +517,11 @@ impl VectorIndex for QdrantIndex {
             .with_payload(false)
             .build();
         let response = self
-            .call("retrieve", |c| {
-                let request = request.clone();
-                async move { c.get_points(request).await }
-            })
+            .send(
+                "retrieve",
+                &request,
+                |c, r| async move { c.get_points(r).await },
+            )
             .await?;
         let Some(point) = response.result.into_iter().next() else {
             return Ok(None);
@@ -585,9 +579,8 @@ impl VectorIndex for QdrantIndex {
         for kind in Kind::ALL.into_iter().filter(|_| any_reachable) {
             let name = self.collection(kind).to_owned();
             let info = self
-                .call("collection info", |c| {
-                    let name = name.clone();
-                    async move { c.collection_info(name).await }
+                .send("collection info", &name, |c, r| async move {
+                    c.collection_info(r).await
                 })
                 .await?
                 .result
