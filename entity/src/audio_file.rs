@@ -7,8 +7,8 @@
 //!
 //! Life cycle: `queued` → (claimed by a worker) `decoding` → `embedding` →
 //! `indexed`, or `failed` with a stable [`error_code`] and a human-readable
-//! message. A worker holds a lease (`lease_owner`, `lease_expires_at`) while it
-//! works; a file whose lease expired is picked up again.
+//! message. A worker holds a lease (`lease_owner`, `lease_token`, `lease_expires_at`)
+//! while it works; a file whose lease expired is picked up again, by any process.
 
 use sea_orm::entity::prelude::*;
 
@@ -141,6 +141,11 @@ pub struct Model {
     #[sea_orm(column_type = "String(StringLen::N(255))", nullable)]
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<DateTimeUtc>,
+    /// New at every claim; every write of the worker holding the file names it (see
+    /// [`crate::store::work`]).
+    pub lease_token: Option<Uuid>,
+    /// Not claimed again before this time (back-off after a passing failure).
+    pub retry_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub indexed_at: Option<DateTimeUtc>,

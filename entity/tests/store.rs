@@ -6,11 +6,13 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 use entity::audio_file::{self, error_code, FileStatus};
 use entity::migration::{Migrator, MigratorTrait, SchemaManager};
 use entity::search_log::{self, SearchKind};
-use entity::store::{self, Cursor, ListQuery, NewAudioFile, NewSearch, SortOrder, StoreError};
+use entity::store::{
+    self, work, Cursor, ListQuery, NewAudioFile, NewSearch, SortOrder, StoreError,
+};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
@@ -94,7 +96,7 @@ backend_tests! {
 
         Migrator::down(db, None).await.unwrap();
         assert_schema(db, false).await;
-        assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 3);
+        assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 4);
 
         Migrator::up(db, None).await.unwrap();
         assert_schema(db, true).await;
@@ -103,8 +105,13 @@ backend_tests! {
         insert(db, 1).await;
 
         // One step at a time, and `up` on an up-to-date schema is a no-op.
-        Migrator::down(db, Some(1)).await.unwrap();
         let m = SchemaManager::new(db);
+        assert!(m.has_column("audio_file", "lease_token").await.unwrap());
+        Migrator::down(db, Some(1)).await.unwrap();
+        assert!(!m.has_column("audio_file", "lease_token").await.unwrap());
+        assert!(!m.has_column("audio_file", "retry_at").await.unwrap());
+        assert!(m.has_column("audio_file", "lease_owner").await.unwrap());
+        Migrator::down(db, Some(1)).await.unwrap();
         assert!(m.has_table("search_log").await.unwrap());
         assert!(!m.has_table("api_key").await.unwrap());
         assert!(!m.has_table("server_setting").await.unwrap());
@@ -222,9 +229,10 @@ backend_tests! {
             workers.push(tokio::spawn(async move {
                 let owner = format!("worker-{w}");
                 let mut got = Vec::new();
-                while let Some(row) = store::claim_next(&db, &owner, HOUR).await.unwrap() {
-                    assert_eq!(row.lease_owner.as_deref(), Some(owner.as_str()));
-                    got.push((row.id, owner.clone()));
+                while let Some(c) = work::claim_next(&db, &owner, HOUR, 3).await.unwrap() {
+                    assert_eq!(c.row.lease_owner.as_deref(), Some(owner.as_str()));
+                    assert_eq!(c.row.lease_token, Some(c.lease.token));
+                    got.push((c.row.id, owner.clone(), c.lease.token));
                 }
                 got
             }));
@@ -233,17 +241,20 @@ backend_tests! {
         for w in workers {
             claims.extend(w.await.unwrap());
         }
-        let ids: HashSet<Uuid> = claims.iter().map(|(id, _)| *id).collect();
+        let ids: HashSet<Uuid> = claims.iter().map(|(id, _, _)| *id).collect();
+        let tokens: HashSet<Uuid> = claims.iter().map(|(_, _, token)| *token).collect();
         assert_eq!(claims.len() as u64, FILES, "every file claimed once: {claims:?}");
         assert_eq!(ids.len() as u64, FILES, "no file claimed twice");
-        for (id, owner) in &claims {
+        assert_eq!(tokens.len() as u64, FILES, "every claim has its own token");
+        for (id, owner, token) in &claims {
             let row = reload(&t.db, *id).await;
             assert_eq!(row.status, FileStatus::Decoding);
             assert_eq!(row.attempts, 1);
             assert_eq!(row.lease_owner.as_ref(), Some(owner));
+            assert_eq!(row.lease_token, Some(*token));
             assert!(row.lease_expires_at.unwrap() > store::now());
         }
-        assert!(store::claim_next(&t.db, "late", HOUR).await.unwrap().is_none());
+        assert!(work::claim_next(&t.db, "late", HOUR, 3).await.unwrap().is_none());
     }
 
     async fn claims_go_oldest_first_and_skip_finished(t: TestDb) {
@@ -257,123 +268,175 @@ backend_tests! {
             force(db, row.id, audio_file::Column::CreatedAt, Expr::value(at)).await;
         }
         store::mark_indexed(db, c.id, "m").await.unwrap();
-        let first = store::claim_next(db, "w", HOUR).await.unwrap().unwrap();
-        assert_eq!(first.id, b.id, "oldest first");
-        let second = store::claim_next(db, "w", HOUR).await.unwrap().unwrap();
-        assert_eq!(second.id, a.id);
+        let first = work::claim_next(db, "w", HOUR, 3).await.unwrap().unwrap();
+        assert_eq!(first.row.id, b.id, "oldest first");
+        let second = work::claim_next(db, "w", HOUR, 3).await.unwrap().unwrap();
+        assert_eq!(second.row.id, a.id);
         // c is indexed; a failed file is not claimable either.
         store::fail(db, a.id, error_code::CORRUPT, "bad frame").await.unwrap();
-        assert!(store::claim_next(db, "w", HOUR).await.unwrap().is_none());
-        // A lease longer than a year is refused.
+        assert!(work::claim_next(db, "w", HOUR, 3).await.unwrap().is_none());
+        // A lease longer than a year, or no attempts at all, is refused.
         assert!(matches!(
-            store::claim_next(db, "w", Duration::from_secs(400 * 86400)).await,
+            work::claim_next(db, "w", Duration::from_secs(400 * 86400), 3).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            work::claim_next(db, "w", HOUR, 0).await,
             Err(StoreError::InvalidArgument(_))
         ));
     }
 
-    async fn expired_lease_is_reclaimed(t: TestDb) {
+    async fn a_lost_lease_writes_nothing(t: TestDb) {
         let db = &t.db;
         let f = insert(db, 1).await;
-        let a = store::claim_next(db, "a", HOUR).await.unwrap().unwrap();
-        assert_eq!((a.id, a.attempts, a.status), (f.id, 1, FileStatus::Decoding));
-        assert!(store::claim_next(db, "b", HOUR).await.unwrap().is_none(), "leased");
-        assert!(store::renew_lease(db, f.id, "a", HOUR).await.unwrap());
-        assert!(!store::renew_lease(db, f.id, "b", HOUR).await.unwrap());
+        let a = work::claim_next(db, "a", HOUR, 5).await.unwrap().unwrap();
+        assert_eq!((a.row.id, a.row.attempts, a.row.status), (f.id, 1, FileStatus::Decoding));
+        assert!(work::claim_next(db, "b", HOUR, 5).await.unwrap().is_none(), "leased");
+        assert!(work::renew(db, &a.lease, HOUR).await.unwrap());
+        let info = store::MediaInfo { codec: Some("pcm_s16le".into()), ..Default::default() };
+        let row = work::start_embedding(db, &a.lease, &info, 9).await.unwrap().unwrap();
+        assert_eq!((row.status, row.windows_total), (FileStatus::Embedding, 9));
+        assert!(work::save_progress(db, &a.lease, 3, 9).await.unwrap());
 
-        // a's worker dies mid-way; its lease runs out.
-        store::set_status(db, f.id, FileStatus::Embedding).await.unwrap();
-        store::set_progress(db, f.id, 3, 9).await.unwrap();
+        // a hangs; its lease runs out and b takes the file over.
         expire_lease(db, f.id).await;
-        let b = store::claim_next(db, "b", HOUR).await.unwrap().unwrap();
-        assert_eq!(b.id, f.id);
-        assert_eq!(b.attempts, 2);
-        assert_eq!(b.status, FileStatus::Decoding);
-        assert_eq!(b.lease_owner.as_deref(), Some("b"));
-        assert_eq!(b.windows_done, 0, "progress restarts");
-        // a finds out it lost the file.
-        assert!(!store::renew_lease(db, f.id, "a", HOUR).await.unwrap());
-        assert!(!store::release(db, f.id, "a").await.unwrap());
-        assert!(store::claim_next(db, "a", HOUR).await.unwrap().is_none());
+        let b = work::claim_next(db, "b", HOUR, 5).await.unwrap().unwrap();
+        assert_eq!(b.row.id, f.id);
+        assert_ne!(b.lease.token, a.lease.token);
+        assert_eq!(b.row.attempts, 2);
+        assert_eq!(b.row.status, FileStatus::Decoding);
+        assert_eq!(b.row.windows_done, 0, "progress restarts");
 
-        // b gives it back unfinished; a claims it again.
-        assert!(store::release(db, f.id, "b").await.unwrap());
-        let released = reload(db, f.id).await;
-        assert_eq!(released.status, FileStatus::Queued);
-        assert!(released.lease_owner.is_none() && released.lease_expires_at.is_none());
-        let again = store::claim_next(db, "a", HOUR).await.unwrap().unwrap();
-        assert_eq!((again.id, again.attempts), (f.id, 3));
+        // Every write a makes now is refused and changes nothing.
+        assert!(!work::renew(db, &a.lease, HOUR).await.unwrap());
+        assert!(!work::save_progress(db, &a.lease, 9, 9).await.unwrap());
+        assert!(work::start_embedding(db, &a.lease, &info, 9).await.unwrap().is_none());
+        assert!(work::save_decoded(db, &a.lease, 90.0, Some("flac")).await.unwrap().is_none());
+        assert!(work::commit_indexed(db, &a.lease, "m", 9).await.unwrap().is_none());
+        assert!(work::fail_attempt(db, &a.lease, error_code::CORRUPT, "x").await.unwrap().is_none());
+        assert!(work::retry_later(db, &a.lease, "INTERNAL", "x", HOUR).await.unwrap().is_none());
+        assert!(work::release(db, &a.lease).await.unwrap().is_none());
+        let row = reload(db, f.id).await;
+        assert_eq!(row.status, FileStatus::Decoding);
+        assert_eq!(row.lease_owner.as_deref(), Some("b"));
+        assert_eq!(row.lease_token, Some(b.lease.token));
+        assert_eq!((row.windows_done, row.container.as_str()), (0, "wav"));
+
+        // b's writes hold.
+        let row = work::save_decoded(db, &b.lease, 12.5, Some("flac")).await.unwrap().unwrap();
+        assert_eq!((row.duration_s, row.container.as_str()), (Some(12.5), "flac"));
+        let row = work::commit_indexed(db, &b.lease, "m", 2).await.unwrap().unwrap();
+        assert_eq!(row.status, FileStatus::Indexed);
+        assert_eq!((row.windows_done, row.windows_total), (2, 2));
+        assert!(row.lease_token.is_none() && row.lease_owner.is_none());
+        assert!(work::claim_next(db, "a", HOUR, 5).await.unwrap().is_none());
+
+        // A reprocess (by id, from anyone) ends a holder's lease too.
+        store::set_status(db, f.id, FileStatus::Queued).await.unwrap();
+        let c = work::claim_next(db, "c", HOUR, 5).await.unwrap().unwrap();
+        assert_eq!(c.row.attempts, 1, "a reprocess starts the attempts afresh");
+        store::set_status(db, f.id, FileStatus::Queued).await.unwrap();
+        assert!(work::commit_indexed(db, &c.lease, "m", 2).await.unwrap().is_none());
+        // And a delete.
+        let d = work::claim_next(db, "d", HOUR, 5).await.unwrap().unwrap();
+        store::delete(db, f.id).await.unwrap();
+        assert!(work::commit_indexed(db, &d.lease, "m", 2).await.unwrap().is_none());
+        assert!(!work::renew(db, &d.lease, HOUR).await.unwrap());
     }
 
-    async fn requeue_interrupted_files(t: TestDb) {
+    async fn release_gives_the_attempt_back_and_a_death_does_not(t: TestDb) {
         let db = &t.db;
-        let ids: Vec<Uuid> = {
-            let mut v = Vec::new();
-            for n in 0..6 {
-                v.push(insert(db, n).await.id);
-            }
-            v
-        };
-        // Claim all six as "old" (a previous run), then shape their states.
-        for _ in 0..6 {
-            store::claim_next(db, "old", HOUR).await.unwrap().unwrap();
+        let f = insert(db, 1).await;
+        // Stopped on purpose (shutdown) three times: not the file's fault, never exhausted.
+        for _ in 0..3 {
+            let c = work::claim_next(db, "a", HOUR, 2).await.unwrap().unwrap();
+            assert_eq!(c.row.attempts, 1);
+            let row = work::release(db, &c.lease).await.unwrap().unwrap();
+            assert_eq!((row.status, row.attempts), (FileStatus::Queued, 0));
+            assert!(row.lease_token.is_none() && row.lease_expires_at.is_none());
         }
-        // 0: decoding, lease expired -> queued.
-        expire_lease(db, ids[0]).await;
-        // 1: embedding, lease live -> untouched (its worker may be alive).
-        store::set_status(db, ids[1], FileStatus::Embedding).await.unwrap();
-        // 2: embedding, expired, third attempt of at most 3 -> failed.
-        store::set_status(db, ids[2], FileStatus::Embedding).await.unwrap();
-        force(db, ids[2], audio_file::Column::Attempts, Expr::value(3)).await;
-        expire_lease(db, ids[2]).await;
-        // 3: indexed -> untouched.
-        store::mark_indexed(db, ids[3], "m").await.unwrap();
-        // 4: back in the queue -> untouched.
-        store::set_status(db, ids[4], FileStatus::Queued).await.unwrap();
-        // 5: decoding without any lease -> queued.
-        force(db, ids[5], audio_file::Column::LeaseOwner, Expr::value(Option::<String>::None)).await;
-        force(
-            db,
-            ids[5],
-            audio_file::Column::LeaseExpiresAt,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .await;
+        // The worker dies twice (its lease runs out): both attempts count.
+        let c = work::claim_next(db, "a", HOUR, 2).await.unwrap().unwrap();
+        expire_lease(db, f.id).await;
+        assert!(work::fail_exhausted(db, 2).await.unwrap().is_empty(), "one attempt left");
+        let c2 = work::claim_next(db, "b", HOUR, 2).await.unwrap().unwrap();
+        assert_eq!(c2.row.attempts, 2);
+        assert_ne!(c.lease.token, c2.lease.token);
+        expire_lease(db, f.id).await;
+        // No attempts left: nobody claims it, and it is failed with a reason.
+        assert!(work::claim_next(db, "c", HOUR, 2).await.unwrap().is_none());
+        let failed = work::fail_exhausted(db, 2).await.unwrap();
+        assert_eq!(failed.len(), 1);
+        let row = &failed[0];
+        assert_eq!((row.id, row.status), (f.id, FileStatus::Failed));
+        assert_eq!(row.error_code.as_deref(), Some(error_code::TOO_MANY_ATTEMPTS));
+        let message = row.error_message.as_deref().unwrap();
+        assert!(message.contains("2 attempts") && message.contains("Reprocess"), "{message}");
+        assert!(row.lease_token.is_none());
+        assert!(work::fail_exhausted(db, 2).await.unwrap().is_empty(), "idempotent");
 
-        let report = store::requeue_interrupted(db, 3).await.unwrap();
-        assert_eq!(report, store::RequeueReport { requeued: 2, failed: 1 });
-        let status = |i: usize| {
-            let id = ids[i];
-            async move { reload(db, id).await }
-        };
-        for i in [0, 5] {
-            let row = status(i).await;
-            assert_eq!(row.status, FileStatus::Queued, "file {i}");
-            assert!(row.lease_owner.is_none() && row.lease_expires_at.is_none());
-            assert_eq!(row.attempts, 1, "requeueing is not an attempt");
+        // A live lease is never failed, however many attempts it used.
+        let g = insert(db, 2).await;
+        force(db, g.id, audio_file::Column::Attempts, Expr::value(7)).await;
+        assert!(work::claim_next(db, "a", HOUR, 8).await.unwrap().is_some());
+        assert!(work::fail_exhausted(db, 1).await.unwrap().is_empty());
+    }
+
+    async fn passing_failures_back_off_and_are_bounded(t: TestDb) {
+        let db = &t.db;
+        let f = insert(db, 1).await;
+        let c = work::claim_next(db, "a", HOUR, 2).await.unwrap().unwrap();
+        let row = work::retry_later(db, &c.lease, "INDEX_FAILED", "no Qdrant node answered", HOUR)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.status, FileStatus::Queued);
+        assert_eq!(row.attempts, 1, "a passing failure still used its attempt");
+        assert!(row.retry_at.unwrap() > store::now() + chrono::Duration::minutes(59));
+        assert_eq!(row.error_message.as_deref(), Some("no Qdrant node answered"));
+        // Not before its time.
+        assert!(work::claim_next(db, "b", HOUR, 2).await.unwrap().is_none());
+        let past = store::now() - chrono::Duration::seconds(1);
+        force(db, f.id, audio_file::Column::RetryAt, Expr::value(Some(past))).await;
+        let c = work::claim_next(db, "b", HOUR, 2).await.unwrap().unwrap();
+        assert_eq!(c.row.attempts, 2);
+        assert!(c.row.retry_at.is_none() && c.row.error_message.is_none());
+        // It fails again; the attempts are used up, so it ends failed with the reason.
+        work::retry_later(db, &c.lease, "INDEX_FAILED", "no Qdrant node answered", Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(work::claim_next(db, "b", HOUR, 2).await.unwrap().is_none());
+        let failed = work::fail_exhausted(db, 2).await.unwrap();
+        assert_eq!(failed.len(), 1);
+        let message = failed[0].error_message.as_deref().unwrap();
+        assert!(message.contains("no Qdrant node answered"), "{message}");
+    }
+
+    async fn requeue_owner_keeps_the_attempts(t: TestDb) {
+        let db = &t.db;
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            ids.push(insert(db, n).await.id);
         }
-        let row1 = status(1).await;
-        assert_eq!(row1.status, FileStatus::Embedding);
-        assert_eq!(row1.lease_owner.as_deref(), Some("old"));
-        let row2 = status(2).await;
-        assert_eq!(row2.status, FileStatus::Failed);
-        assert_eq!(row2.error_code.as_deref(), Some(error_code::TOO_MANY_ATTEMPTS));
-        assert!(row2.error_message.unwrap().contains("interrupted"));
-        assert!(row2.lease_owner.is_none());
-        assert_eq!(status(3).await.status, FileStatus::Indexed);
-        assert_eq!(status(4).await.status, FileStatus::Queued);
-        // Idempotent.
-        assert_eq!(
-            store::requeue_interrupted(db, 3).await.unwrap(),
-            store::RequeueReport::default()
-        );
-
-        // The previous run was this server under a stable owner id: its live
-        // lease goes too.
-        assert_eq!(store::release_owner(db, "someone-else").await.unwrap(), 0);
-        assert_eq!(store::release_owner(db, "old").await.unwrap(), 1);
-        assert_eq!(status(1).await.status, FileStatus::Queued);
+        // A previous run of this server ("old", a stable owner id) held two files when it was
+        // killed; someone else holds the third.
+        work::claim_next(db, "old", HOUR, 3).await.unwrap().unwrap();
+        work::claim_next(db, "old", HOUR, 3).await.unwrap().unwrap();
+        work::claim_next(db, "other", HOUR, 3).await.unwrap().unwrap();
+        assert_eq!(work::requeue_owner(db, "nobody").await.unwrap(), 0);
+        assert_eq!(work::requeue_owner(db, "old").await.unwrap(), 2);
         let counts = store::count_by_status(db).await.unwrap();
-        assert_eq!((counts.queued, counts.indexed, counts.failed), (4, 1, 1));
+        assert_eq!((counts.queued, counts.decoding), (2, 1));
+        for id in &ids {
+            let row = reload(db, *id).await;
+            assert_eq!(row.attempts, 1, "the killed run's attempt stays counted");
+            if row.status == FileStatus::Queued {
+                assert!(row.lease_token.is_none() && row.lease_owner.is_none());
+            } else {
+                assert_eq!(row.lease_owner.as_deref(), Some("other"));
+            }
+        }
     }
 
     async fn composition_sums_per_format(t: TestDb) {

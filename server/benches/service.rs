@@ -5,11 +5,17 @@
 //!    decode, batcher, tiny model, index, database) per second, by batch size;
 //! 2. search latency p50/p95 over random vectors in the in-process store
 //!    (qdrant-edge), exact (fresh segments) and after HNSW optimisation;
-//! 3. GraphQL request throughput over HTTP for a simple query.
+//! 3. GraphQL request throughput over HTTP for a simple query;
+//! 4. ingest throughput with one and two replicas (libraries in this process, each with its
+//!    own data directory and batcher) on one PostgreSQL and one Qdrant server: only with
+//!    `--qdrant-url`.
 //!
 //! Options (after `--`): `--clips N` (default 48), `--sizes 100000,1000000`
 //! (windows in the store; default 100000), `--queries N` (default 200),
-//! `--seconds S` for the HTTP run (default 5), `--skip ingest,search,graphql`.
+//! `--seconds S` for the HTTP run (default 5), `--skip ingest,search,graphql,replicas`,
+//! `--qdrant-url http://127.0.0.1:6334` and `--postgres-url URL` (an admin connection that
+//! may create databases; default `TRAUM_TEST_POSTGRES_URL` or
+//! `postgres://postgres@127.0.0.1:5432/test`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +40,8 @@ struct Args {
     queries: usize,
     seconds: u64,
     skip: Vec<String>,
+    qdrant_url: Option<String>,
+    postgres_url: String,
 }
 
 fn parse_args() -> Args {
@@ -43,6 +51,9 @@ fn parse_args() -> Args {
         queries: 200,
         seconds: 5,
         skip: Vec::new(),
+        qdrant_url: None,
+        postgres_url: std::env::var("TRAUM_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -53,6 +64,8 @@ fn parse_args() -> Args {
             "--queries" => args.queries = value().parse().unwrap(),
             "--seconds" => args.seconds = value().parse().unwrap(),
             "--skip" => args.skip = value().split(',').map(String::from).collect(),
+            "--qdrant-url" => args.qdrant_url = Some(value()),
+            "--postgres-url" => args.postgres_url = value(),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -153,6 +166,108 @@ async fn bench_ingest(args: &Args) {
             clips.len(),
             wall.as_secs_f64(),
             rate * 10.0
+        );
+    }
+}
+
+/// Ingest with `n` replicas sharing one PostgreSQL database (made for the run, dropped after)
+/// and one Qdrant server; clips are added round-robin to the replicas.
+async fn bench_replicas(args: &Args) {
+    use sea_orm::{ConnectionTrait, Database};
+    use traum_index::QdrantConfig;
+    use traum_server::library::VectorStore;
+    let Some(qdrant_url) = &args.qdrant_url else {
+        println!("\n(replicas: skipped; give --qdrant-url to run them)");
+        return;
+    };
+    println!(
+        "\n## Ingest with replicas on PostgreSQL + Qdrant (10 s clips, tiny model, CPU f32, batch 8, 2 workers each)\n"
+    );
+    println!("(collections `bench<pid>_<n>_…` are left on the Qdrant server)\n");
+    println!("| replicas | clips | wall | clips/s | indexed per replica |");
+    println!("|---|---|---|---|---|");
+    let clips: Vec<Vec<u8>> = (0..args.clips as u64)
+        .map(|seed| signals::wav_i16(48_000, &signals::noise(10.0, 0.25, seed + 1000)))
+        .collect();
+    let admin = Database::connect(&args.postgres_url)
+        .await
+        .expect("PostgreSQL (--postgres-url)");
+    for n in [1usize, 2] {
+        let name = format!("traum_bench_{}_{n}", std::process::id());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let url = match args.postgres_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("--postgres-url names no database"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut libs = Vec::new();
+        for r in 0..n {
+            let mut config = LibraryConfig::new(dir.path().join(format!("replica-{r}")));
+            config.database_url = Some(url.clone());
+            config.storage_dir = Some(dir.path().join("storage"));
+            config.workers = 2;
+            config.batcher = BatcherConfig {
+                max_batch: 8,
+                max_wait: Duration::from_millis(5),
+                queue_capacity: 32,
+            };
+            let mut qdrant = QdrantConfig::new(vec![qdrant_url.clone()], String::new(), 0);
+            qdrant.collection_prefix = format!("bench{}_{n}_", std::process::id());
+            config.vector_store = VectorStore::Qdrant(Box::new(qdrant));
+            let model = tokio::task::spawn_blocking(|| load_model(8)).await.unwrap();
+            let lib = Library::open(config, model).await.unwrap();
+            let workers = traum_server::pipeline::start_workers(&lib);
+            libs.push((lib, workers));
+        }
+        let mut events = libs[0].0.events.subscribe();
+        let started = Instant::now();
+        for (i, bytes) in clips.iter().enumerate() {
+            let lib = &libs[i % n].0;
+            let staged = stage_from_reader(
+                &lib.paths.incoming(),
+                &format!("{i}.wav"),
+                u64::MAX,
+                bytes.as_slice(),
+            )
+            .unwrap()
+            .unwrap();
+            lib.add_file(staged).await.unwrap();
+        }
+        let mut done = 0;
+        while done < clips.len() {
+            let e = events.recv().await.unwrap();
+            if e.is_terminal() {
+                assert_eq!(format!("{:?}", e.status), "Indexed", "{e:?}");
+                done += 1;
+            }
+        }
+        let wall = started.elapsed();
+        let per_replica: Vec<String> = libs
+            .iter()
+            .map(|(lib, _)| {
+                lib.metrics
+                    .files_processed
+                    .with_label_values(&["indexed"])
+                    .get()
+                    .to_string()
+            })
+            .collect();
+        for (lib, workers) in libs {
+            lib.shutdown(workers, Duration::from_secs(5)).await;
+        }
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        let rate = clips.len() as f64 / wall.as_secs_f64();
+        println!(
+            "| {n} | {} | {:.1} s | {rate:.2} | {} |",
+            clips.len(),
+            wall.as_secs_f64(),
+            per_replica.join(" + ")
         );
     }
 }
@@ -330,6 +445,9 @@ fn main() {
         }
         if !args.skip.iter().any(|s| s == "graphql") {
             bench_graphql(&args).await;
+        }
+        if !args.skip.iter().any(|s| s == "replicas") {
+            bench_replicas(&args).await;
         }
     });
 }

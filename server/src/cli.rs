@@ -77,9 +77,14 @@ pub struct KeysRevokeArgs {
 /// Where the library lives and how it processes files.
 #[derive(Debug, Clone, Args)]
 pub struct LibraryArgs {
-    /// Data directory: stored files, vector index, SQLite database.
+    /// Data directory: stored files, vector index, SQLite database. One process uses it at a
+    /// time.
     #[arg(long, env = "TRAUM_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// Where the originals are kept instead of the data directory: a directory every replica
+    /// mounts (each stages its uploads in its own subdirectory of it).
+    #[arg(long, env = "TRAUM_STORAGE_DIR")]
+    pub storage_dir: Option<PathBuf>,
     /// Database URL (sqlite://… or postgres://…); default: SQLite in the data directory.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
@@ -104,9 +109,14 @@ pub struct LibraryArgs {
     /// Longest search clip (searchByAudio), in seconds.
     #[arg(long, env = "TRAUM_MAX_CLIP_S", default_value_t = 60.0)]
     pub max_clip_s: f64,
-    /// Interrupted processing attempts before a file is marked failed.
+    /// Processing attempts a file gets (a worker that died on it, or a passing failure such
+    /// as a lost connection, uses one) before it is marked failed.
     #[arg(long, env = "TRAUM_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: i32,
+    /// Seconds a worker's claim on a file lasts without renewal (it renews every third of
+    /// that): how soon another process takes over the files of one that died.
+    #[arg(long, env = "TRAUM_LEASE_S", default_value_t = 60.0)]
+    pub lease_s: f64,
     /// Optimise the vector index (build search graphs, vacuum deleted vectors) once no
     /// vectors were written for this many seconds; 0: never.
     #[arg(long, env = "TRAUM_INDEX_OPTIMIZE_IDLE_S", default_value_t = 5.0)]

@@ -1,15 +1,23 @@
 //! Processing events: every state change and progress step of a file goes to
 //! one broadcast channel, which GraphQL subscriptions (and `traum ingest`'s
 //! progress bar) read.
+//!
+//! With PostgreSQL the channel spans the replicas: [`EventBus::send`] hands the event to
+//! [`crate::cluster`], which publishes it as a notification, and every replica's listener
+//! (this one's too) puts what it hears on its own channel. So all subscribers, wherever they
+//! are connected, see one order of events.
 
 use async_graphql::{Enum, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 use entity::audio_file::{FileStatus, Model};
-use tokio::sync::broadcast;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
+use crate::cluster::Outgoing;
+
 /// What happened to a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Serialize, Deserialize)]
 pub enum FileEventKind {
     /// Current state, sent first by a subscription to given files.
     Snapshot,
@@ -25,14 +33,16 @@ pub enum FileEventKind {
     /// sent after this event has arrived has all its events delivered). `fileId` is the nil
     /// UUID.
     Subscribed,
-    /// This subscriber fell behind and `missed` events were dropped; `fileEvents` follows with
-    /// a fresh SNAPSHOT of each of its files, `libraryEvents` subscribers should refetch what
-    /// they show. `fileId` is the nil UUID.
+    /// This subscriber may have missed events: it fell behind (`missed` says how many were
+    /// dropped), or its replica lost its event connection to the database for a while
+    /// (`missed` is null: unknown). `fileEvents` follows with a fresh SNAPSHOT of each of its
+    /// files; `libraryEvents` subscribers should refetch what they show. `fileId` is the nil
+    /// UUID.
     Lagged,
 }
 
 /// Processing state of a file, as the API names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Serialize, Deserialize)]
 #[graphql(name = "FileStatus")]
 pub enum ApiFileStatus {
     Queued,
@@ -67,7 +77,7 @@ impl From<ApiFileStatus> for FileStatus {
 }
 
 /// One step in a file's processing.
-#[derive(Debug, Clone, PartialEq, SimpleObject)]
+#[derive(Debug, Clone, PartialEq, SimpleObject, Serialize, Deserialize)]
 pub struct FileEvent {
     pub file_id: ID,
     pub kind: FileEventKind,
@@ -79,7 +89,7 @@ pub struct FileEvent {
     pub windows_total: i32,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
-    /// Events dropped before a LAGGED event; null otherwise.
+    /// Events dropped before a LAGGED event (null when unknown); null on other events.
     pub missed: Option<i32>,
     pub at: DateTime<Utc>,
 }
@@ -144,18 +154,58 @@ impl FileEvent {
 #[derive(Debug, Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<FileEvent>,
+    /// Set with PostgreSQL: events go out to every replica (this one included) from here.
+    outbox: Option<mpsc::UnboundedSender<Outgoing>>,
 }
 
 impl EventBus {
+    /// A channel for this process alone.
     pub fn new(capacity: usize) -> Self {
         Self {
             tx: broadcast::channel(capacity).0,
+            outbox: None,
+        }
+    }
+
+    /// A channel whose events travel through `outbox` (see [`crate::cluster`]), which
+    /// delivers them back with [`EventBus::deliver`].
+    pub fn relayed(capacity: usize, outbox: mpsc::UnboundedSender<Outgoing>) -> Self {
+        Self {
+            tx: broadcast::channel(capacity).0,
+            outbox: Some(outbox),
         }
     }
 
     pub fn send(&self, event: FileEvent) {
+        match &self.outbox {
+            Some(outbox) => {
+                // Closed only once the library shut down: nobody listens any more.
+                let _ = outbox.send(Outgoing::Event(Box::new(event)));
+            }
+            None => self.deliver(event),
+        }
+    }
+
+    /// Puts an event on this process's channel (what the relay heard).
+    pub fn deliver(&self, event: FileEvent) {
         // No subscribers is fine.
         let _ = self.tx.send(event);
+    }
+
+    /// Waits until every event sent so far is published (a no-op without a relay), so that
+    /// an event published another way afterwards (in a transaction) comes after them.
+    pub async fn flush(&self) {
+        if let Some(outbox) = &self.outbox {
+            let (done, published) = tokio::sync::oneshot::channel();
+            if outbox.send(Outgoing::Flush(done)).is_ok() {
+                let _ = published.await;
+            }
+        }
+    }
+
+    /// Whether events cross processes.
+    pub fn is_relayed(&self) -> bool {
+        self.outbox.is_some()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<FileEvent> {

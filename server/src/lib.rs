@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod embed;
 pub mod error;
 pub mod events;

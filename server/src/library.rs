@@ -4,7 +4,6 @@
 //! ([`Library::add_file`]), deletion, reprocessing, and the pipeline workers
 //! (`pipeline::worker`). GraphQL and `traum ingest` are thin layers over it.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use clap_model::ClapEmbedder;
 use entity::audio_file::{FileStatus, Model as FileRow};
 use entity::search_log::SearchKind;
 use entity::store::{self, NewAudioFile, NewSearch};
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,17 +21,20 @@ use traum_index::{
 };
 use uuid::Uuid;
 
+use crate::cluster::{self, ActiveFiles, Hearers, Outgoing, Relay};
 use crate::error::ApiError;
 use crate::events::{EventBus, FileEvent, FileEventKind};
 use crate::metrics::Metrics;
 use crate::pipeline::batcher::{BatcherConfig, EmbedError, Embedder};
 use crate::pipeline::maintenance::{self, IndexMaintenance};
-use crate::storage::{DataPaths, StagedFile};
+use crate::storage::{DataDirLock, DataPaths, StagedFile};
 
 /// How a library is opened and processed.
 #[derive(Debug, Clone)]
 pub struct LibraryConfig {
     pub data_dir: PathBuf,
+    /// Where originals are kept, when not in `data_dir` (a directory replicas share).
+    pub storage_dir: Option<PathBuf>,
     /// `None`: SQLite at `<data_dir>/traum.db`.
     pub database_url: Option<String>,
     /// Files processed at once (each streams its windows into the batcher).
@@ -72,6 +74,7 @@ impl LibraryConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            storage_dir: None,
             database_url: None,
             workers: 2,
             batcher: BatcherConfig::default(),
@@ -127,10 +130,15 @@ pub struct Library {
     /// Who this process is when it claims files.
     pub owner: String,
     pub started: Instant,
-    /// Wakes idle workers when a file is queued.
-    pub(crate) work: Notify,
+    /// Wakes idle workers when a file is queued (here, or on another replica).
+    pub(crate) work: Arc<Notify>,
     /// Files being processed: cancelling stops their worker.
-    pub(crate) active: Mutex<HashMap<Uuid, CancellationToken>>,
+    pub(crate) active: ActiveFiles,
+    /// With PostgreSQL: what this process tells the other replicas.
+    outbox: Option<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
+    relay: Mutex<Option<Relay>>,
+    /// Held while the library is open: one process per data directory.
+    _lock: DataDirLock,
     /// Serialises "write vectors + mark indexed" against delete/reprocess, so
     /// a file deleted mid-processing never gets its vectors back.
     pub(crate) commit_lock: tokio::sync::Mutex<()>,
@@ -152,11 +160,20 @@ impl Library {
     /// starts the batcher, and puts interrupted files back in the queue.
     /// Workers start with [`crate::pipeline::start_workers`].
     pub async fn open(config: LibraryConfig, model: ClapEmbedder) -> Result<Arc<Self>, OpenError> {
-        let paths = DataPaths::new(&config.data_dir);
+        let owner = owner_id(&config.data_dir);
+        let paths = match &config.storage_dir {
+            Some(storage) => DataPaths::with_storage(
+                &config.data_dir,
+                storage,
+                &crate::storage::hash_str(&owner)[..16],
+            ),
+            None => DataPaths::new(&config.data_dir),
+        };
         paths.create().map_err(|source| OpenError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;
+        let lock = DataDirLock::acquire(&paths).map_err(OpenError::InUse)?;
         let url = match &config.database_url {
             Some(url) => url.clone(),
             None => store::sqlite_url(&paths.sqlite()),
@@ -191,20 +208,36 @@ impl Library {
         if removed > 0 {
             tracing::info!(removed, "removed unfinished uploads");
         }
-        let owner = owner_id(&config.data_dir);
-        // Files this data dir's previous run held (it was killed) go back to
-        // the queue now; others whose lease ran out too.
-        let released = store::release_owner(&db, &owner).await?;
-        let report = store::requeue_interrupted(&db, config.max_attempts).await?;
-        if released > 0 || report.requeued > 0 || report.failed > 0 {
-            tracing::info!(
-                released,
-                requeued = report.requeued,
-                failed = report.failed,
-                "resuming interrupted processing"
-            );
+        // Files this data dir's previous run held (it was killed) go back to the queue now,
+        // their attempts counted; files other processes let lapse are claimed when their
+        // lease runs out.
+        let requeued = store::work::requeue_owner(&db, &owner).await?;
+        if requeued > 0 {
+            tracing::info!(requeued, "resuming what the previous run was processing");
         }
         let metrics = Metrics::new();
+        let work = Arc::new(Notify::new());
+        let active: ActiveFiles = Default::default();
+        let shutdown = CancellationToken::new();
+        let relayed = db.get_database_backend() == sea_orm::DbBackend::Postgres;
+        let (events, outbox, relay) = if relayed {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let events = EventBus::relayed(4096, tx.clone());
+            let hearers = Hearers {
+                events: events.clone(),
+                work: work.clone(),
+                active: active.clone(),
+                metrics: metrics.clone(),
+            };
+            let relay = Relay::start(&db, rx, hearers, shutdown.clone())
+                .await
+                .map_err(|e| {
+                    OpenError::Other(format!("cannot listen for events on PostgreSQL: {e}"))
+                })?;
+            (events, Some(tx), Some(relay))
+        } else {
+            (EventBus::new(4096), None, None)
+        };
         let (embedder, batcher_task) =
             Embedder::start(Arc::new(model), config.batcher, metrics.clone());
         let library = Arc::new(Self {
@@ -212,17 +245,20 @@ impl Library {
             index,
             index_kind,
             embedder,
-            events: EventBus::new(4096),
+            events,
             metrics,
             paths,
             owner,
             started: Instant::now(),
-            work: Notify::new(),
-            active: Mutex::new(HashMap::new()),
+            work,
+            active,
+            outbox,
+            relay: Mutex::new(relay),
+            _lock: lock,
             commit_lock: tokio::sync::Mutex::new(()),
             intake_lock: tokio::sync::Mutex::new(()),
             index_changes: Notify::new(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             searches: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_searches.max(1),
             )),
@@ -320,12 +356,10 @@ impl Library {
             container: staged.container.name().to_string(),
         };
         let _intake = self.intake_lock.lock().await;
-        let (row, created) = store::insert_or_get_by_hash(&self.db, new).await?;
+        let (row, created) = self.insert_announced(new).await?;
         if created {
             self.metrics.uploads.with_label_values(&["created"]).inc();
-            self.events
-                .send(FileEvent::from_row(FileEventKind::Added, &row));
-            self.work.notify_waiters();
+            self.work_queued();
             tracing::info!(id = %row.id, name = %row.original_name, size = row.size_bytes, "file added");
         } else {
             // Lost a race with the same content: the winner's row (and its
@@ -333,6 +367,43 @@ impl Library {
             self.metrics.uploads.with_label_values(&["duplicate"]).inc();
         }
         Ok((row, created))
+    }
+
+    /// Inserts the file (or finds it by its hash) and announces a new one (ADDED) so that no
+    /// worker anywhere can claim it before the announcement is out: with PostgreSQL the
+    /// event is published in the insert's transaction, which other replicas' claims see only
+    /// once it committed; here the caller holds the intake lock.
+    async fn insert_announced(&self, new: NewAudioFile) -> Result<(FileRow, bool), ApiError> {
+        if !self.events.is_relayed() {
+            let (row, created) = store::insert_or_get_by_hash(&self.db, new).await?;
+            if created {
+                self.events
+                    .send(FileEvent::from_row(FileEventKind::Added, &row));
+            }
+            return Ok((row, created));
+        }
+        self.events.flush().await;
+        let txn = self.db.begin().await.map_err(store::StoreError::from)?;
+        let (row, created) = store::insert_or_get_by_hash(&txn, new).await?;
+        if created {
+            let event = FileEvent::from_row(FileEventKind::Added, &row);
+            store::notify(
+                &txn,
+                cluster::EVENTS_CHANNEL,
+                &cluster::event_payload(&event),
+            )
+            .await?;
+        }
+        txn.commit().await.map_err(store::StoreError::from)?;
+        Ok((row, created))
+    }
+
+    /// Wakes idle workers, in every process.
+    fn work_queued(&self) {
+        self.work.notify_waiters();
+        if let Some(outbox) = &self.outbox {
+            let _ = outbox.send(Outgoing::Work);
+        }
     }
 
     /// Bytes of originals the library holds.
@@ -347,16 +418,19 @@ impl Library {
             .ok_or_else(|| ApiError::not_found_file(id))
     }
 
-    /// Stops the file's worker if one holds it.
+    /// Stops the file's worker, in whichever process holds it.
     fn cancel_active(&self, id: Uuid) {
         if let Some(token) = self.active.lock().unwrap().get(&id) {
             token.cancel();
         }
+        if let Some(outbox) = &self.outbox {
+            let _ = outbox.send(Outgoing::Cancel(id));
+        }
     }
 
-    /// Removes the row, the stored bytes and every vector of a file. Safe
-    /// while the file is processing: its worker is stopped and cannot write
-    /// vectors afterwards.
+    /// Removes the row, the stored bytes and every vector of a file. Safe while the file is
+    /// processing, here or in another process: its worker is stopped, and one that writes
+    /// vectors after this removes them again (its commit finds the row gone).
     pub async fn delete_file(&self, id: Uuid) -> Result<FileRow, ApiError> {
         self.cancel_active(id);
         let _commit = self.commit_lock.lock().await;
@@ -389,10 +463,27 @@ impl Library {
         let _commit = self.commit_lock.lock().await;
         self.get(id).await?;
         let _intake = self.intake_lock.lock().await;
-        let row = store::set_status(&self.db, id, FileStatus::Queued).await?;
-        self.events
-            .send(FileEvent::from_row(FileEventKind::Added, &row));
-        self.work.notify_waiters();
+        let row = if self.events.is_relayed() {
+            // As for a new file: announced in the transaction that makes it claimable.
+            self.events.flush().await;
+            let txn = self.db.begin().await.map_err(store::StoreError::from)?;
+            let row = store::set_status(&txn, id, FileStatus::Queued).await?;
+            let event = FileEvent::from_row(FileEventKind::Added, &row);
+            store::notify(
+                &txn,
+                cluster::EVENTS_CHANNEL,
+                &cluster::event_payload(&event),
+            )
+            .await?;
+            txn.commit().await.map_err(store::StoreError::from)?;
+            row
+        } else {
+            let row = store::set_status(&self.db, id, FileStatus::Queued).await?;
+            self.events
+                .send(FileEvent::from_row(FileEventKind::Added, &row));
+            row
+        };
+        self.work_queued();
         Ok(row)
     }
 
@@ -570,6 +661,13 @@ impl Library {
         if let Some(task) = self.batcher_task.lock().unwrap().take() {
             task.abort();
         }
+        // The last events (files given back) go out before the listener stops.
+        self.events.flush().await;
+        if let Some(relay) = self.relay.lock().unwrap().take() {
+            for task in relay.tasks {
+                task.abort();
+            }
+        }
         tracing::info!("library closed");
     }
 }
@@ -596,6 +694,8 @@ pub enum OpenError {
     },
     #[error("{0} (is another `traum serve` or `traum ingest` using this data directory?)")]
     Index(traum_index::IndexError),
+    #[error("{0}")]
+    InUse(String),
     #[error("cannot use the Qdrant vector store: {0}")]
     Qdrant(traum_index::IndexError),
     #[error(transparent)]

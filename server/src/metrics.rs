@@ -1,8 +1,8 @@
 //! Prometheus metrics, served on `/metrics`.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric of the service, registered in one registry.
@@ -37,6 +37,15 @@ pub struct Metrics {
     pub vector_store_nodes: IntGaugeVec,
     /// Points per collection (or in-process shard) at the last status check.
     pub vector_store_points: IntGaugeVec,
+    /// Notifications between replicas by outcome: `published`, `thinned` (progress held
+    /// back), `lost` (the database did not take it), `heard`.
+    pub relay_events: IntCounterVec,
+    /// Times the event listener lost its connection and subscribers were told to resync.
+    pub relay_resyncs: IntCounter,
+    /// Attempts that ended without a result, by reason: `retry` (a passing failure, tried
+    /// again later), `released` (stopped on purpose), `lost` (another worker or a delete
+    /// took the file).
+    pub attempts_unfinished: IntCounterVec,
 }
 
 impl Metrics {
@@ -131,8 +140,32 @@ impl Metrics {
             &["collection"],
         )
         .unwrap();
+        let relay_events = IntCounterVec::new(
+            Opts::new(
+                "relay_events_total",
+                "Notifications between replicas by outcome",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
+        let relay_resyncs = IntCounter::new(
+            "relay_resyncs_total",
+            "Times the event listener reconnected and subscribers were told to resync",
+        )
+        .unwrap();
+        let attempts_unfinished = IntCounterVec::new(
+            Opts::new(
+                "attempts_unfinished_total",
+                "Processing attempts that ended without a result, by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap();
         for c in [
             Box::new(uploads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(relay_events.clone()),
+            Box::new(relay_resyncs.clone()),
+            Box::new(attempts_unfinished.clone()),
             Box::new(vector_store_backend.clone()),
             Box::new(vector_store_nodes.clone()),
             Box::new(vector_store_points.clone()),
@@ -165,6 +198,9 @@ impl Metrics {
             vector_store_backend,
             vector_store_nodes,
             vector_store_points,
+            relay_events,
+            relay_resyncs,
+            attempts_unfinished,
         }
     }
 

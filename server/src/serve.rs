@@ -28,6 +28,7 @@ pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryCo
         bail!("--max-upload-mb must be at least 1");
     }
     let mut config = LibraryConfig::new(&args.data_dir);
+    config.storage_dir = args.storage_dir.clone();
     config.database_url = args.database_url.clone().filter(|u| !u.trim().is_empty());
     config.workers = args.workers.max(1);
     config.batcher = BatcherConfig {
@@ -37,6 +38,13 @@ pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryCo
     };
     config.hop_s = args.hop_s;
     config.max_attempts = args.max_attempts.max(1);
+    if !(args.lease_s >= 1.0 && args.lease_s <= 86_400.0) {
+        bail!(
+            "--lease-s must be between 1 and 86400 seconds, got {}",
+            args.lease_s
+        );
+    }
+    config.lease = Duration::from_secs_f64(args.lease_s);
     config.max_file_bytes = args.max_upload_mb.saturating_mul(1_000_000);
     if !(args.max_clip_s > 0.0 && args.max_clip_s.is_finite()) {
         bail!("--max-clip-s must be a positive number of seconds");

@@ -14,20 +14,48 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 
-/// The layout of a data directory.
+/// The layout of a data directory, and of the storage directory that holds the originals
+/// (the data directory itself unless `--storage-dir` names another, which several replicas
+/// then share).
 #[derive(Debug, Clone)]
 pub struct DataPaths {
+    /// This process's own: the SQLite database, the in-process index, the lock.
     pub root: PathBuf,
+    /// Originals, under `files/` (content-addressed, so replicas never collide), and uploads
+    /// being received, under `incoming/`.
+    pub storage: PathBuf,
+    /// With a shared storage directory: this replica's own subdirectory of `incoming/`.
+    staging: Option<String>,
 }
 
 impl DataPaths {
+    /// Everything in `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        let root = root.into();
+        Self {
+            storage: root.clone(),
+            root,
+            staging: None,
+        }
+    }
+
+    /// Originals in `storage`, shared with other processes; this one stages its uploads in
+    /// `incoming/<replica>/`.
+    pub fn with_storage(
+        root: impl Into<PathBuf>,
+        storage: impl Into<PathBuf>,
+        replica: &str,
+    ) -> Self {
+        Self {
+            root: root.into(),
+            storage: storage.into(),
+            staging: Some(replica.to_owned()),
+        }
     }
 
     /// Creates the directories a library needs.
     pub fn create(&self) -> std::io::Result<()> {
-        for dir in [self.files(), self.incoming(), self.index()] {
+        for dir in [&self.root, &self.files(), &self.incoming(), &self.index()] {
             std::fs::create_dir_all(dir)?;
         }
         Ok(())
@@ -38,6 +66,11 @@ impl DataPaths {
         self.root.join("traum.db")
     }
 
+    /// The lock one process holds on the data directory while it uses it.
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("traum.lock")
+    }
+
     /// The vector store.
     pub fn index(&self) -> PathBuf {
         self.root.join("index")
@@ -45,15 +78,20 @@ impl DataPaths {
 
     /// Original files, content-addressed.
     pub fn files(&self) -> PathBuf {
-        self.root.join("files")
+        self.storage.join("files")
     }
 
-    /// Uploads being received.
+    /// Uploads being received by this process (on the storage's file system, so keeping one
+    /// is a rename).
     pub fn incoming(&self) -> PathBuf {
-        self.root.join("incoming")
+        let shared = self.storage.join("incoming");
+        match &self.staging {
+            Some(replica) => shared.join(replica),
+            None => shared,
+        }
     }
 
-    /// Where a file with this hash and container is kept, relative to the root.
+    /// Where a file with this hash and container is kept, relative to the storage directory.
     pub fn relative_file_path(hash: &str, container: Container) -> PathBuf {
         Path::new("files")
             .join(&hash[..2])
@@ -66,11 +104,12 @@ impl DataPaths {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
-            self.root.join(p)
+            self.storage.join(p)
         }
     }
 
-    /// Removes leftovers of uploads interrupted by a crash.
+    /// Removes leftovers of this process's uploads interrupted by a crash (never another
+    /// replica's: each stages in its own directory).
     pub fn clean_incoming(&self) -> std::io::Result<usize> {
         let mut removed = 0;
         for entry in std::fs::read_dir(self.incoming())? {
@@ -81,6 +120,54 @@ impl DataPaths {
             }
         }
         Ok(removed)
+    }
+}
+
+/// One process's hold on a data directory (an OS file lock on `traum.lock`, released when
+/// the process ends however it ends).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Takes the lock, or says who holds it.
+    pub fn acquire(paths: &DataPaths) -> Result<DataDirLock, String> {
+        let path = paths.lock();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                return Err(format!(
+                    "the data directory {} is in use by another traum process{}. One process \
+                     uses a data directory at a time: stop it first, or, to run several \
+                     replicas, give each its own --data-dir and share PostgreSQL \
+                     (--database-url), a Qdrant server (--vector-store qdrant) and the \
+                     originals (--storage-dir)",
+                    paths.root.display(),
+                    if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({holder})")
+                    }
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", path.display()))
+            }
+        }
+        // Who holds it, for the message another process prints.
+        let _ = file.set_len(0);
+        let _ = writeln!(file, "pid {}", std::process::id());
+        Ok(DataDirLock { _file: file })
     }
 }
 

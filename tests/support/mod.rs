@@ -154,6 +154,50 @@ impl Server {
         }
     }
 
+    /// Starts `traum serve` like [`Server::start_with`] but expects it to end by itself (a
+    /// test hook aborting it, say): waits up to `timeout` for the exit and returns it with
+    /// the log.
+    pub async fn run_to_exit(
+        data_dir: &Path,
+        options: Options,
+        timeout: Duration,
+    ) -> (std::process::ExitStatus, String) {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = data_dir.with_extension(format!("exit-log.{}", std::process::id()));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(traum());
+        cmd.arg("serve")
+            .arg("--bind")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--model")
+            .arg(tiny_model())
+            .args(&options.args)
+            .env("RUST_LOG", "info,sqlx=warn,sea_orm=warn")
+            .env_remove("DATABASE_URL")
+            .env_remove("TRAUM_BIND")
+            .env_remove("TRAUM_DATA_DIR")
+            .env_remove("TRAUM_MODEL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start traum serve");
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the server did not exit within {timeout:?}; log:\n{}",
+                    read(&log)
+                )
+            })
+            .unwrap();
+        (status, read(&log))
+    }
+
     /// The server process's resident memory now and at its peak, KiB (Linux).
     pub fn rss_kib(&self) -> Option<(u64, u64)> {
         let m = self.memory_kib()?;

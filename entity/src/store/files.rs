@@ -1,29 +1,11 @@
-//! Audio files: dedup on insert, state changes, work claiming, listing.
+//! Audio files: dedup on insert, state changes by id, listing.
 //!
-//! # Work claiming
-//!
-//! A worker calls [`claim_next`] with its owner id (unique per process, e.g.
-//! `hostname:pid:random`) and a lease duration. The claim is a single
-//! conditional `UPDATE … WHERE id = ? AND <still claimable>`; the claimer whose
-//! update changed a row owns the file, any other tries the next candidate. This
-//! holds with any number of claimers, in one process or several, on SQLite and
-//! PostgreSQL alike. A claimed file is `decoding`, its `attempts` went up by
-//! one, and it is leased until `lease_expires_at`; long work extends that with
-//! [`renew_lease`] (which also tells the worker whether it still owns the file).
-//!
-//! A file whose lease expired (its worker crashed or hung) is claimable again.
-//! At start-up the server calls [`requeue_interrupted`], which puts such files
-//! back to `queued` — or fails them with `TOO_MANY_ATTEMPTS` if they keep
-//! being interrupted — and, where its owner id is stable across restarts,
-//! [`release_owner`] for leases its previous run still held.
-//!
-//! The state setters ([`set_status`], [`set_progress`], [`mark_indexed`],
-//! [`fail`]) go by id alone; ownership is checked by [`renew_lease`].
-
-use std::time::Duration;
+//! The setters here ([`set_status`], [`set_progress`], [`mark_indexed`], [`fail`]) go by id
+//! alone: they are for people (a reprocess) and tests. A worker holding a file writes
+//! through [`super::work`], where every write names its lease token.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query, SimpleExpr};
+use sea_orm::sea_query::{Expr, OnConflict, Query, SimpleExpr};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect,
@@ -31,7 +13,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{now, Result, StoreError};
-use crate::audio_file::{error_code, Column, Entity as AudioFile, FileStatus, Model};
+use crate::audio_file::{Column, Entity as AudioFile, FileStatus, Model};
 
 /// Namespace of the UUIDv5 ids derived from content hashes.
 pub const AUDIO_FILE_ID_NAMESPACE: Uuid =
@@ -76,7 +58,7 @@ pub struct MediaInfo {
 /// is `ON CONFLICT DO NOTHING` on the unique hash and the id derived from it),
 /// and every caller gets that row back.
 pub async fn insert_or_get_by_hash(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     new: NewAudioFile,
 ) -> Result<(Model, bool)> {
     let hash = new.content_hash.to_ascii_lowercase();
@@ -139,7 +121,7 @@ pub async fn insert_or_get_by_hash(
 }
 
 /// The file with this id.
-pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<Option<Model>> {
+pub async fn get(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<Model>> {
     Ok(AudioFile::find_by_id(id).one(db).await?)
 }
 
@@ -160,20 +142,20 @@ pub async fn get_many(
 }
 
 /// The file with this content hash (hex, any case).
-pub async fn get_by_hash(db: &DatabaseConnection, content_hash: &str) -> Result<Option<Model>> {
+pub async fn get_by_hash(db: &impl ConnectionTrait, content_hash: &str) -> Result<Option<Model>> {
     Ok(AudioFile::find()
         .filter(Column::ContentHash.eq(content_hash.to_ascii_lowercase()))
         .one(db)
         .await?)
 }
 
-async fn get_existing(db: &DatabaseConnection, id: Uuid) -> Result<Model> {
+async fn get_existing(db: &impl ConnectionTrait, id: Uuid) -> Result<Model> {
     get(db, id).await?.ok_or(StoreError::NotFound(id))
 }
 
 /// Runs an UPDATE of one file by id; `NotFound` if no row has the id.
 async fn update_by_id(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     id: Uuid,
     sets: Vec<(Column, SimpleExpr)>,
 ) -> Result<Model> {
@@ -189,30 +171,31 @@ async fn update_by_id(
     get_existing(db, id).await
 }
 
-fn null_string() -> SimpleExpr {
+pub(super) fn null_string() -> SimpleExpr {
     Expr::value(Option::<String>::None)
 }
 
-fn null_time() -> SimpleExpr {
+pub(super) fn null_time() -> SimpleExpr {
     Expr::value(Option::<DateTime<Utc>>::None)
 }
 
 /// The lease columns cleared.
-fn no_lease() -> [(Column, SimpleExpr); 2] {
+pub(super) fn no_lease() -> [(Column, SimpleExpr); 3] {
     [
         (Column::LeaseOwner, null_string()),
+        (Column::LeaseToken, Expr::value(Option::<Uuid>::None)),
         (Column::LeaseExpiresAt, null_time()),
     ]
 }
 
 /// Sets the status.
 ///
-/// Side effects by target status: `queued` clears the lease, the error and the
-/// progress (a manual retry); `indexed` sets `indexed_at` and clears the lease
+/// Side effects by target status: `queued` clears the lease, the error, the
+/// progress, the attempts and any back-off (a manual retry: the file starts afresh); `indexed` sets `indexed_at` and clears the lease
 /// and the error (prefer [`mark_indexed`], which also records the model);
 /// `failed` clears the lease (prefer [`fail`], which records why);
 /// `decoding`/`embedding` touch nothing else.
-pub async fn set_status(db: &DatabaseConnection, id: Uuid, status: FileStatus) -> Result<Model> {
+pub async fn set_status(db: &impl ConnectionTrait, id: Uuid, status: FileStatus) -> Result<Model> {
     let mut sets = vec![(Column::Status, Expr::value(status))];
     match status {
         FileStatus::Queued => {
@@ -220,6 +203,8 @@ pub async fn set_status(db: &DatabaseConnection, id: Uuid, status: FileStatus) -
             sets.push((Column::ErrorCode, null_string()));
             sets.push((Column::ErrorMessage, null_string()));
             sets.push((Column::WindowsDone, Expr::value(0i32)));
+            sets.push((Column::Attempts, Expr::value(0i32)));
+            sets.push((Column::RetryAt, null_time()));
         }
         FileStatus::Indexed => {
             sets.extend(no_lease());
@@ -318,200 +303,6 @@ pub async fn fail(db: &DatabaseConnection, id: Uuid, code: &str, message: &str) 
     ];
     sets.extend(no_lease());
     update_by_id(db, id, sets).await
-}
-
-fn chrono_lease(lease: Duration) -> Result<chrono::Duration> {
-    chrono::Duration::from_std(lease)
-        .ok()
-        .filter(|d| *d <= chrono::Duration::days(365))
-        .ok_or_else(|| StoreError::InvalidArgument(format!("lease of {lease:?} is too long")))
-}
-
-/// Files a worker may claim at `t`: `queued` and not leased, or in progress
-/// with an expired (or missing) lease.
-fn claimable(t: DateTime<Utc>) -> Condition {
-    let lease_over = Condition::any()
-        .add(Column::LeaseExpiresAt.is_null())
-        .add(Column::LeaseExpiresAt.lt(t));
-    Condition::any()
-        .add(
-            Condition::all()
-                .add(Column::Status.eq(FileStatus::Queued))
-                .add(
-                    Condition::any()
-                        .add(Column::LeaseOwner.is_null())
-                        .add(lease_over.clone()),
-                ),
-        )
-        .add(
-            Condition::all()
-                .add(Column::Status.is_in([FileStatus::Decoding, FileStatus::Embedding]))
-                .add(lease_over),
-        )
-}
-
-/// Atomically claims the oldest claimable file for `owner` for `lease`:
-/// status `decoding`, `attempts + 1`, progress and error cleared. `None` when
-/// nothing is claimable.
-///
-/// Claimable: `queued` files, and `decoding`/`embedding` files whose lease
-/// expired. Safe with concurrent claimers (see the module docs).
-pub async fn claim_next(
-    db: &DatabaseConnection,
-    owner: &str,
-    lease: Duration,
-) -> Result<Option<Model>> {
-    let lease = chrono_lease(lease)?;
-    // Each lost race means another claimer took a file, so this ends; the
-    // bound only guards against a livelock nobody has seen.
-    for _ in 0..1000 {
-        let t = now();
-        let candidate: Option<Uuid> = AudioFile::find()
-            .select_only()
-            .column(Column::Id)
-            .filter(claimable(t))
-            .order_by_asc(Column::CreatedAt)
-            .order_by_asc(Column::Id)
-            .into_tuple()
-            .one(db)
-            .await?;
-        let Some(id) = candidate else {
-            return Ok(None);
-        };
-        let res = AudioFile::update_many()
-            .col_expr(Column::Status, Expr::value(FileStatus::Decoding))
-            .col_expr(Column::LeaseOwner, Expr::value(owner))
-            .col_expr(Column::LeaseExpiresAt, Expr::value(t + lease))
-            .col_expr(Column::Attempts, Expr::col(Column::Attempts).add(1))
-            .col_expr(Column::WindowsDone, Expr::value(0i32))
-            .col_expr(Column::ErrorCode, null_string())
-            .col_expr(Column::ErrorMessage, null_string())
-            .col_expr(Column::UpdatedAt, Expr::value(t))
-            .filter(Column::Id.eq(id))
-            .filter(claimable(t))
-            .exec(db)
-            .await?;
-        if res.rows_affected == 1 {
-            return get(db, id).await;
-        }
-        tracing::trace!(%id, owner, "lost a claim race; trying the next file");
-    }
-    Ok(None)
-}
-
-/// Extends `owner`'s lease on the file to now + `lease`. `false` if `owner`
-/// no longer holds it (its lease expired and another worker claimed it, or
-/// it was released): the worker should stop working on it.
-pub async fn renew_lease(
-    db: &DatabaseConnection,
-    id: Uuid,
-    owner: &str,
-    lease: Duration,
-) -> Result<bool> {
-    let lease = chrono_lease(lease)?;
-    let t = now();
-    let res = AudioFile::update_many()
-        .col_expr(Column::LeaseExpiresAt, Expr::value(t + lease))
-        .col_expr(Column::UpdatedAt, Expr::value(t))
-        .filter(Column::Id.eq(id))
-        .filter(Column::LeaseOwner.eq(owner))
-        .filter(Column::Status.is_in([FileStatus::Decoding, FileStatus::Embedding]))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
-}
-
-/// Gives a claimed file back unfinished (e.g. on shutdown): `queued`, lease
-/// cleared, progress reset; `attempts` stays. `false` if `owner` did not hold it.
-pub async fn release(db: &DatabaseConnection, id: Uuid, owner: &str) -> Result<bool> {
-    let res = requeue_update(now())
-        .filter(Column::Id.eq(id))
-        .filter(Column::LeaseOwner.eq(owner))
-        .filter(Column::Status.is_in([FileStatus::Decoding, FileStatus::Embedding]))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected == 1)
-}
-
-/// [`release`] for every file `owner` holds, whether or not the leases
-/// expired: for a server whose owner id is stable across restarts, at start.
-/// Returns how many files went back to the queue.
-pub async fn release_owner(db: &DatabaseConnection, owner: &str) -> Result<u64> {
-    let res = requeue_update(now())
-        .filter(Column::LeaseOwner.eq(owner))
-        .filter(Column::Status.is_in([FileStatus::Decoding, FileStatus::Embedding]))
-        .exec(db)
-        .await?;
-    Ok(res.rows_affected)
-}
-
-fn requeue_update(t: DateTime<Utc>) -> sea_orm::UpdateMany<AudioFile> {
-    AudioFile::update_many()
-        .col_expr(Column::Status, Expr::value(FileStatus::Queued))
-        .col_expr(Column::LeaseOwner, null_string())
-        .col_expr(Column::LeaseExpiresAt, null_time())
-        .col_expr(Column::WindowsDone, Expr::value(0i32))
-        .col_expr(Column::UpdatedAt, Expr::value(t))
-}
-
-/// What [`requeue_interrupted`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RequeueReport {
-    /// Files put back to `queued`.
-    pub requeued: u64,
-    /// Files failed with `TOO_MANY_ATTEMPTS`.
-    pub failed: u64,
-}
-
-/// At start-up, whoever held them: files left `decoding` or `embedding` with
-/// an expired (or no) lease go back to `queued`, or to `failed` with
-/// [`error_code::TOO_MANY_ATTEMPTS`] once they have been claimed
-/// `max_attempts` times (a file that keeps crashing the worker stops being
-/// retried). Files with a live lease are left alone: their worker may be
-/// running elsewhere (see [`release_owner`]).
-pub async fn requeue_interrupted(
-    db: &DatabaseConnection,
-    max_attempts: i32,
-) -> Result<RequeueReport> {
-    let t = now();
-    let interrupted = || {
-        Condition::all()
-            .add(Column::Status.is_in([FileStatus::Decoding, FileStatus::Embedding]))
-            .add(
-                Condition::any()
-                    .add(Column::LeaseExpiresAt.is_null())
-                    .add(Column::LeaseExpiresAt.lt(t)),
-            )
-    };
-    let failed = AudioFile::update_many()
-        .col_expr(Column::Status, Expr::value(FileStatus::Failed))
-        .col_expr(
-            Column::ErrorCode,
-            Expr::value(error_code::TOO_MANY_ATTEMPTS),
-        )
-        .col_expr(
-            Column::ErrorMessage,
-            Expr::value(format!(
-                "processing was interrupted {max_attempts} times; giving up on this file"
-            )),
-        )
-        .col_expr(Column::LeaseOwner, null_string())
-        .col_expr(Column::LeaseExpiresAt, null_time())
-        .col_expr(Column::UpdatedAt, Expr::value(t))
-        .filter(interrupted())
-        .filter(Column::Attempts.gte(max_attempts))
-        .exec(db)
-        .await?
-        .rows_affected;
-    let requeued = requeue_update(t)
-        .filter(interrupted())
-        .exec(db)
-        .await?
-        .rows_affected;
-    if requeued + failed > 0 {
-        tracing::info!(requeued, failed, "requeued interrupted audio files");
-    }
-    Ok(RequeueReport { requeued, failed })
 }
 
 /// Deletes the file's row and returns it (`None` if there was none). The

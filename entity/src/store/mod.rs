@@ -3,9 +3,11 @@
 //!
 //! - [`connect_and_migrate`]: open SQLite or PostgreSQL and bring the schema up
 //!   to date.
-//! - files ([`files`]): [`insert_or_get_by_hash`], status and progress updates,
-//!   crash-safe work claiming ([`claim_next`], [`renew_lease`], [`release`],
-//!   [`requeue_interrupted`]), [`delete`], keyset-paginated [`list`].
+//! - files ([`files`]): [`insert_or_get_by_hash`], status and progress updates by id,
+//!   [`delete`], keyset-paginated [`list`].
+//! - work ([`work`]): claims with lease tokens shared by every process on the database
+//!   ([`work::claim_next`]), and the lease-checked writes of the worker holding a file.
+//! - [`notify`]: a PostgreSQL notification, sent when the caller's transaction commits.
 //! - searches ([`searches`]): [`log_search`], [`search_stats`], [`recent_searches`].
 //!
 //! Every statement is portable between SQLite and PostgreSQL; the tests run
@@ -21,18 +23,22 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use log::LevelFilter;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+};
 use uuid::Uuid;
 
 pub mod files;
 pub mod keys;
 pub mod searches;
 
+pub mod work;
+
 pub use files::{
-    claim_next, composition_by_format, count_by_status, delete, fail, get, get_by_hash, get_many,
-    id_for_hash, insert_or_get_by_hash, list, mark_indexed, release, release_owner, renew_lease,
-    requeue_interrupted, set_decoded, set_media_info, set_progress, set_status, Cursor,
-    FormatShare, ListQuery, MediaInfo, NewAudioFile, Page, RequeueReport, SortOrder, StatusCounts,
+    composition_by_format, count_by_status, delete, fail, get, get_by_hash, get_many, id_for_hash,
+    insert_or_get_by_hash, list, mark_indexed, set_decoded, set_media_info, set_progress,
+    set_status, Cursor, FormatShare, ListQuery, MediaInfo, NewAudioFile, Page, SortOrder,
+    StatusCounts,
 };
 pub use keys::{
     count_live_keys, create_key, find_key, hash_secret, list_keys, revoke_key, setting_or_insert,
@@ -41,6 +47,7 @@ pub use keys::{
 pub use searches::{
     count_searches, log_search, recent_searches, search_stats, NewSearch, SearchStats,
 };
+pub use work::{Claimed, Lease};
 
 /// How long a SQLite connection waits for another writer before giving up.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,6 +86,22 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Now, as the store writes it: UTC, truncated to microseconds.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+/// Sends `payload` on the PostgreSQL notification `channel` through `conn`: inside a
+/// transaction it is delivered when (and only if) the transaction commits, after the rows it
+/// announces are visible. Nothing happens on SQLite (one process: nobody else to tell).
+pub async fn notify(conn: &impl ConnectionTrait, channel: &str, payload: &str) -> Result<()> {
+    if conn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    conn.query_one_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_notify($1, $2)",
+        [channel.into(), payload.into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// The `DATABASE_URL` of a SQLite file (created on first connect).

@@ -557,26 +557,25 @@ impl Subscription {
                 let lib = lib2.clone();
                 let wanted = wanted.clone();
                 async move {
-                    match e {
+                    let missed = match e {
+                        // The replica's listener reconnected: events may be missing.
+                        Ok(e) if e.kind == FileEventKind::Lagged => None,
                         Ok(e) => {
                             let keep = Uuid::parse_str(e.file_id.as_str())
                                 .is_ok_and(|id| wanted.contains(&id));
-                            if keep {
-                                vec![e]
-                            } else {
-                                vec![]
-                            }
+                            return if keep { vec![e] } else { vec![] };
                         }
                         Err(BroadcastStreamRecvError::Lagged(n)) => {
                             tracing::warn!(missed = n, "a fileEvents subscriber fell behind");
-                            let mut out = vec![FileEvent::marker(FileEventKind::Lagged, Some(n))];
-                            match file_snapshots(&lib, &wanted).await {
-                                Ok(s) => out.extend(s),
-                                Err(e) => tracing::warn!(error = %e, "no snapshot after a lag"),
-                            }
-                            out
+                            Some(n)
                         }
+                    };
+                    let mut out = vec![FileEvent::marker(FileEventKind::Lagged, missed)];
+                    match file_snapshots(&lib, &wanted).await {
+                        Ok(s) => out.extend(s),
+                        Err(e) => tracing::warn!(error = %e, "no snapshot after a lag"),
                     }
+                    out
                 }
             })
             .flat_map(futures_util::stream::iter);

@@ -1,11 +1,19 @@
 //! Processing: queued → decoding → embedding → indexed (or failed).
 //!
-//! The database is the queue. Each worker claims the oldest claimable file
-//! (a lease, renewed while it works, so a crashed worker's file is claimed
-//! again), decodes it on a blocking thread that streams 10 s windows through a
-//! small bounded channel, sends every window to the shared [`batcher`], and
-//! finally writes the file's vectors and marks it indexed — under the
-//! library's commit lock, so a delete or reprocess in between wins.
+//! The database is the queue, shared by every process on it (see `entity::store::work`).
+//! Each worker claims the oldest claimable file (a lease with its own token, renewed while
+//! it works, so a dead worker's file is claimed again by anyone), decodes it on a blocking
+//! thread that streams 10 s windows through a small bounded channel, sends every window to
+//! the shared [`batcher`], and finally writes the file's vectors and marks it indexed. Every
+//! write names the lease, so a worker that lost its file changes nothing; the final commit
+//! runs under the library's commit lock, so a delete or reprocess in this process wins, and a
+//! file deleted by another process meanwhile has its vectors removed again.
+//!
+//! How an attempt ends decides what happens next: a file that cannot be indexed fails with
+//! its code; a passing failure (a connection, a full disk, the model or device failing)
+//! queues the file again after a back-off, and the worker waits until the database and the
+//! vector store answer before it claims more; a stopped worker gives its file (and the
+//! attempt) back.
 
 pub mod batcher;
 pub mod maintenance;
@@ -14,19 +22,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use entity::audio_file::{error_code, FileStatus, Model as FileRow};
-use entity::store::{self, MediaInfo};
+use entity::audio_file::{error_code, Model as FileRow};
+use entity::store::{self, work, Claimed, Lease, MediaInfo};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use traum_audio::{window_starts, AudioError, Window};
-use traum_index::{FileVectors, WindowVector};
+use traum_index::{FileVectors, IndexError, WindowVector};
 use uuid::Uuid;
 
 use crate::error::{audio_error_code, code, ApiError};
 use crate::events::{FileEvent, FileEventKind};
 use crate::library::{embed_error, Library};
+use batcher::EmbedError;
 
 /// Starts `config.workers` workers. They stop when the library shuts down.
 pub fn start_workers(library: &Arc<Library>) -> Vec<JoinHandle<()>> {
@@ -37,6 +46,7 @@ pub fn start_workers(library: &Arc<Library>) -> Vec<JoinHandle<()>> {
 
 async fn worker_loop(lib: Arc<Library>, n: usize) {
     tracing::debug!(worker = n, "worker started");
+    let max_attempts = lib.config.max_attempts.max(1);
     loop {
         // Register for wake-ups before looking, so a file queued between the
         // look and the wait is not missed.
@@ -46,13 +56,31 @@ async fn worker_loop(lib: Arc<Library>, n: usize) {
         if lib.shutdown.is_cancelled() {
             break;
         }
+        // Files that used all their attempts end failed, not waiting forever.
+        match work::fail_exhausted(&lib.db, max_attempts).await {
+            Ok(rows) => {
+                for row in rows {
+                    lib.metrics
+                        .files_processed
+                        .with_label_values(&["failed"])
+                        .inc();
+                    lib.events
+                        .send(FileEvent::from_row(FileEventKind::Status, &row));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "failing exhausted files failed"),
+        }
         // Under the intake lock: a file is claimable only once its QUEUED event is out.
         let claimed = {
             let _intake = lib.intake_lock.lock().await;
-            store::claim_next(&lib.db, &lib.owner, lib.config.lease).await
+            work::claim_next(&lib.db, &lib.owner, lib.config.lease, max_attempts).await
         };
         match claimed {
-            Ok(Some(row)) => process(&lib, row).await,
+            Ok(Some(claimed)) => {
+                if process(&lib, claimed).await == Ended::Passing {
+                    wait_until_ready(&lib).await;
+                }
+            }
             Ok(None) => {
                 tokio::select! {
                     _ = &mut notified => {}
@@ -62,26 +90,110 @@ async fn worker_loop(lib: Arc<Library>, n: usize) {
             }
             Err(e) => {
                 tracing::error!(error = %e, "claiming work failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = lib.shutdown.cancelled() => break,
-                }
+                wait_until_ready(&lib).await;
             }
         }
     }
     tracing::debug!(worker = n, "worker stopped");
 }
 
+/// After a passing failure: claim nothing more until the database and the vector store
+/// answer (checked at growing intervals), so an outage does not use up every queued file's
+/// attempts.
+async fn wait_until_ready(lib: &Library) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = lib.shutdown.cancelled() => return,
+        }
+        match lib.readiness().await {
+            Ok(()) => return,
+            Err(why) => tracing::info!(%why, "waiting before claiming more work"),
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The back-off before a file that failed for a passing reason is claimed again, after its
+/// `attempts`-th attempt: 5 s, 20 s, 80 s, …, at most 10 minutes.
+pub fn retry_backoff(attempts: i32) -> Duration {
+    let exp = attempts.clamp(1, 8) as u32 - 1;
+    Duration::from_secs(5u64.saturating_mul(4u64.pow(exp))).min(Duration::from_secs(600))
+}
+
 /// How a file's processing ended.
 enum Outcome {
     Indexed(Box<FileRow>),
+    /// The file's fault: it fails with this code.
     Failed {
+        code: &'static str,
+        message: String,
+    },
+    /// Not the file's fault (a connection, the disk, the model): try again later.
+    Passing {
         code: &'static str,
         message: String,
     },
     /// Deleted, reprocessed, lease lost, or shutting down: leave the row to
     /// whoever changed it (shutdown releases it back to the queue).
     Abandoned(&'static str),
+}
+
+/// What the worker does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Done,
+    /// A passing failure: wait until the stores answer.
+    Passing,
+}
+
+/// Why processing stopped, by what went wrong.
+fn classify(e: &ApiError) -> Outcome {
+    use entity::store::StoreError;
+    let message = e.to_string();
+    match e {
+        ApiError::ShuttingDown => Outcome::Abandoned("shutting down"),
+        // A database that does not answer, an index that cannot be reached or written, a
+        // full disk: the next attempt may well work.
+        ApiError::Store(StoreError::Db(_)) | ApiError::StorageFull(_) => Outcome::Passing {
+            code: e.code(),
+            message,
+        },
+        ApiError::Index(
+            IndexError::Unreachable { .. }
+            | IndexError::Backend { .. }
+            | IndexError::Task { .. }
+            | IndexError::Closed { .. }
+            | IndexError::Io { .. },
+        ) => Outcome::Passing {
+            code: code::INDEX_FAILED,
+            message,
+        },
+        // The original could not be read (a storage mount away, a permission): passing.
+        ApiError::Audio(a)
+            if matches!(
+                a.kind(),
+                traum_audio::ErrorKind::NotFound
+                    | traum_audio::ErrorKind::PermissionDenied
+                    | traum_audio::ErrorKind::Io
+            ) =>
+        {
+            Outcome::Passing {
+                code: code::INTERNAL,
+                message,
+            }
+        }
+        // A missing row is a database problem here, not the user's.
+        ApiError::Store(_) => Outcome::Failed {
+            code: error_code::INTERNAL,
+            message,
+        },
+        other => Outcome::Failed {
+            code: other.code(),
+            message,
+        },
+    }
 }
 
 /// Removes a file from the active set however processing ends.
@@ -93,7 +205,23 @@ impl Drop for Active<'_> {
     }
 }
 
-async fn process(lib: &Arc<Library>, row: FileRow) {
+/// A test hook (debug builds only): `TRAUM_TEST_ABORT_ON=<text>` makes the process abort as
+/// soon as it has claimed a file whose name contains the text, as a file that crashes the
+/// process would. The tests of `--max-attempts` use it.
+fn abort_if_asked(row: &FileRow) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    if let Ok(pattern) = std::env::var("TRAUM_TEST_ABORT_ON") {
+        if !pattern.is_empty() && row.original_name.contains(&pattern) {
+            tracing::error!(id = %row.id, name = %row.original_name, "TRAUM_TEST_ABORT_ON: aborting");
+            std::process::abort();
+        }
+    }
+}
+
+async fn process(lib: &Arc<Library>, claimed: Claimed) -> Ended {
+    let Claimed { row, lease } = claimed;
     let id = row.id;
     let token = lib.shutdown.child_token();
     lib.active.lock().unwrap().insert(id, token.clone());
@@ -107,20 +235,14 @@ async fn process(lib: &Arc<Library>, row: FileRow) {
         .stage_seconds
         .with_label_values(&["queued"])
         .observe(waited);
-    tracing::info!(%id, name = %row.original_name, attempt = row.attempts, "processing");
+    tracing::info!(%id, name = %row.original_name, attempt = row.attempts, owner = %lib.owner, "processing");
     lib.events
         .send(FileEvent::from_row(FileEventKind::Status, &row));
+    abort_if_asked(&row);
 
-    let outcome = match run(lib, &row, &token).await {
+    let outcome = match run(lib, &row, &lease, &token).await {
         Ok(outcome) => outcome,
-        Err(e) => Outcome::Failed {
-            code: match &e {
-                // A missing row is a database problem here, not the user's.
-                ApiError::Store(_) => error_code::INTERNAL,
-                other => other.code(),
-            },
-            message: e.to_string(),
-        },
+        Err(e) => classify(&e),
     };
     let total = started.elapsed().as_secs_f64();
     match outcome {
@@ -136,44 +258,77 @@ async fn process(lib: &Arc<Library>, row: FileRow) {
             tracing::info!(%id, windows = row.windows_total, secs = total, "indexed");
             lib.events
                 .send(FileEvent::from_row(FileEventKind::Status, &row));
+            Ended::Done
         }
         Outcome::Failed { code, message } => {
-            lib.metrics
-                .files_processed
-                .with_label_values(&["failed"])
-                .inc();
             tracing::warn!(%id, code, %message, "processing failed");
             let _commit = lib.commit_lock.lock().await;
             if token.is_cancelled() {
-                release(lib, id).await;
-                return;
+                release(lib, &lease).await;
+                return Ended::Done;
             }
-            match store::fail(&lib.db, id, code, &message).await {
-                Ok(row) => lib
-                    .events
-                    .send(FileEvent::from_row(FileEventKind::Status, &row)),
+            match work::fail_attempt(&lib.db, &lease, code, &message).await {
+                Ok(Some(row)) => {
+                    lib.metrics
+                        .files_processed
+                        .with_label_values(&["failed"])
+                        .inc();
+                    lib.events
+                        .send(FileEvent::from_row(FileEventKind::Status, &row));
+                }
+                Ok(None) => lost(lib, id),
                 Err(e) => tracing::warn!(%id, error = %e, "could not record the failure"),
             }
+            Ended::Done
+        }
+        Outcome::Passing { code, message } => {
+            let backoff = retry_backoff(row.attempts);
+            tracing::warn!(%id, code, %message, attempt = row.attempts, ?backoff, "processing failed for a passing reason; retrying later");
+            lib.metrics
+                .attempts_unfinished
+                .with_label_values(&["retry"])
+                .inc();
+            match work::retry_later(&lib.db, &lease, code, &message, backoff).await {
+                Ok(Some(row)) => lib
+                    .events
+                    .send(FileEvent::from_row(FileEventKind::Status, &row)),
+                Ok(None) => lost(lib, id),
+                // The database is what failed, probably: the lease runs out, and the
+                // attempt stays counted.
+                Err(e) => tracing::warn!(%id, error = %e, "could not queue the file again"),
+            }
+            Ended::Passing
         }
         Outcome::Abandoned(why) => {
             tracing::info!(%id, why, "processing stopped");
-            release(lib, id).await;
+            release(lib, &lease).await;
+            Ended::Done
         }
     }
 }
 
+fn lost(lib: &Library, id: Uuid) {
+    tracing::info!(%id, "the file was deleted, reprocessed or taken over meanwhile");
+    lib.metrics
+        .attempts_unfinished
+        .with_label_values(&["lost"])
+        .inc();
+}
+
 /// Gives the file back to the queue if this worker still holds it (shutdown);
 /// a deleted or reprocessed file is not held any more, so nothing happens.
-async fn release(lib: &Library, id: Uuid) {
-    match store::release(&lib.db, id, &lib.owner).await {
-        Ok(true) => {
-            if let Ok(Some(row)) = store::get(&lib.db, id).await {
-                lib.events
-                    .send(FileEvent::from_row(FileEventKind::Status, &row));
-            }
+async fn release(lib: &Library, lease: &Lease) {
+    match work::release(&lib.db, lease).await {
+        Ok(Some(row)) => {
+            lib.metrics
+                .attempts_unfinished
+                .with_label_values(&["released"])
+                .inc();
+            lib.events
+                .send(FileEvent::from_row(FileEventKind::Status, &row));
         }
-        Ok(false) => {}
-        Err(e) => tracing::warn!(%id, error = %e, "could not release the file"),
+        Ok(None) => lost(lib, lease.file_id),
+        Err(e) => tracing::warn!(id = %lease.file_id, error = %e, "could not release the file"),
     }
 }
 
@@ -195,6 +350,7 @@ fn hop_samples(lib: &Library) -> (usize, usize) {
 async fn run(
     lib: &Arc<Library>,
     row: &FileRow,
+    lease: &Lease,
     token: &CancellationToken,
 ) -> Result<Outcome, ApiError> {
     let id = row.id;
@@ -204,6 +360,7 @@ async fn run(
     };
     let mut on_open = |info: &traum_audio::AudioInfo, total: Option<i32>| {
         let lib = lib.clone();
+        let lease = *lease;
         let media = MediaInfo {
             codec: Some(info.codec.clone()),
             duration_s: info.duration_s,
@@ -211,28 +368,44 @@ async fn run(
             channels: Some(i32::from(info.channels)),
         };
         async move {
-            store::set_media_info(&lib.db, id, &media).await?;
-            let row = store::set_status(&lib.db, id, FileStatus::Embedding).await?;
-            store::set_progress(&lib.db, id, 0, total.unwrap_or(0)).await?;
-            let mut event = FileEvent::from_row(FileEventKind::Status, &row);
-            event.windows_done = 0;
-            event.windows_total = total.unwrap_or(0);
-            lib.events.send(event);
-            Ok::<_, ApiError>(())
+            let Some(row) =
+                work::start_embedding(&lib.db, &lease, &media, total.unwrap_or(0)).await?
+            else {
+                return Ok(false);
+            };
+            lib.events
+                .send(FileEvent::from_row(FileEventKind::Status, &row));
+            Ok::<_, ApiError>(true)
         }
     };
     let limits = StreamLimits {
-        claim: Some(id),
+        claim: Some(*lease),
         max_seconds: None,
     };
     let decoded = match stream_windows(lib, &path, token, limits, &mut on_open, &progress).await {
         Ok(Some(w)) => w,
         Ok(None) => return Ok(Outcome::Abandoned("cancelled")),
-        Err(StreamError::Audio(e)) => {
+        Err(StreamError::Audio(e)) if is_file_fault(&e) => {
             return Ok(Outcome::Failed {
                 code: audio_error_code(&e),
                 message: audio_message(&e, &row.original_name),
             })
+        }
+        Err(StreamError::Audio(e)) => return Err(ApiError::Audio(e)),
+        Err(StreamError::Embed(EmbedError::Input(m))) => {
+            return Ok(Outcome::Failed {
+                code: code::EMBED_FAILED,
+                message: format!("{}: the model refused this audio: {m}", row.original_name),
+            })
+        }
+        Err(StreamError::Embed(EmbedError::Model(m))) => {
+            return Ok(Outcome::Passing {
+                code: code::EMBED_FAILED,
+                message: format!("the model failed: {m}"),
+            })
+        }
+        Err(StreamError::Embed(EmbedError::Stopped)) => {
+            return Ok(Outcome::Abandoned("shutting down"))
         }
         Err(StreamError::Api(e)) => return Err(e),
         Err(StreamError::LeaseLost) => return Ok(Outcome::Abandoned("lease lost")),
@@ -253,16 +426,12 @@ async fn run(
     let vectors: Vec<&[f32]> = windows.iter().map(|w| w.vector.as_slice()).collect();
     let file_vector = clap_model::mean_embedding(&vectors)
         .ok_or_else(|| ApiError::Internal("no windows to average".into()))?;
-    let current = store::get(&lib.db, id).await?;
-    let Some(current) = current else {
-        return Ok(Outcome::Abandoned("deleted"));
-    };
     // The decoded length, not the header's claim, is what the windows cover: the API, the
     // index and duration filters all use it.
-    let container = container
-        .map(|c| c.name())
-        .filter(|c| *c != current.container);
-    let current = store::set_decoded(&lib.db, id, duration_s, container).await?;
+    let container = container.map(|c| c.name()).filter(|c| *c != row.container);
+    let Some(current) = work::save_decoded(&lib.db, lease, duration_s, container).await? else {
+        return Ok(Outcome::Abandoned("lease lost"));
+    };
     let n = windows.len() as i32;
     let vectors = FileVectors {
         file_id: id,
@@ -272,24 +441,45 @@ async fn run(
         vector: file_vector,
         windows,
     };
-    // Commit: nobody deletes or requeues the file between the check and the
-    // status change.
+    // Commit: in this process nobody deletes or requeues the file between the check and the
+    // status change; another process may, which the conditional commit finds out.
     let _commit = lib.commit_lock.lock().await;
     if token.is_cancelled() {
         return Ok(Outcome::Abandoned("cancelled"));
     }
-    if !store::renew_lease(&lib.db, id, &lib.owner, lib.config.lease).await? {
+    if !work::renew(&lib.db, lease, lib.config.lease).await? {
         return Ok(Outcome::Abandoned("lease lost"));
     }
-    store::set_progress(&lib.db, id, n, n).await?;
     lib.index.upsert_file(vectors).await?;
     lib.index_changed();
     lib.metrics
         .stage_seconds
         .with_label_values(&["index"])
         .observe(embedded.elapsed().as_secs_f64());
-    let row = store::mark_indexed(&lib.db, id, &lib.embedder.info().model_id).await?;
-    Ok(Outcome::Indexed(Box::new(row)))
+    let model_id = &lib.embedder.info().model_id;
+    match work::commit_indexed(&lib.db, lease, model_id, n).await? {
+        Some(row) => Ok(Outcome::Indexed(Box::new(row))),
+        None => {
+            // Lost between the upsert and the commit: deleted (its vectors must not stay)
+            // or reprocessed (the next attempt replaces them) by another process.
+            if store::get(&lib.db, id).await?.is_none() {
+                tracing::info!(%id, "deleted while its vectors were written; removing them");
+                lib.index.delete_file(id).await?;
+                lib.index_changed();
+            }
+            Ok(Outcome::Abandoned("lease lost at commit"))
+        }
+    }
+}
+
+/// Whether a decoding error is the file's (damaged, unsupported) rather than the storage's.
+fn is_file_fault(e: &AudioError) -> bool {
+    !matches!(
+        e.kind(),
+        traum_audio::ErrorKind::NotFound
+            | traum_audio::ErrorKind::PermissionDenied
+            | traum_audio::ErrorKind::Io
+    )
 }
 
 fn audio_message(e: &AudioError, name: &str) -> String {
@@ -300,6 +490,7 @@ fn audio_message(e: &AudioError, name: &str) -> String {
 
 enum StreamError {
     Audio(AudioError),
+    Embed(EmbedError),
     Api(ApiError),
     LeaseLost,
     /// Longer than `StreamLimits::max_seconds`.
@@ -313,7 +504,7 @@ enum StreamError {
 struct StreamLimits {
     /// The library file this worker holds (its lease is renewed, its progress saved, its
     /// stage times recorded); `None` for a search clip.
-    claim: Option<Uuid>,
+    claim: Option<Lease>,
     /// Refuse audio longer than this (search clips); decoding stops as soon as it is passed.
     max_seconds: Option<f64>,
 }
@@ -343,7 +534,8 @@ impl From<entity::store::StoreError> for StreamError {
 /// batcher, keeping up to one batch of windows in flight. `Ok(None)`: cancelled.
 ///
 /// `on_open` runs once the container is open (with the expected window
-/// count); `progress` after each window.
+/// count) and says whether to go on (`false`: the lease was lost); `progress` after each
+/// window.
 async fn stream_windows<F, Fut>(
     lib: &Arc<Library>,
     path: &Path,
@@ -354,7 +546,7 @@ async fn stream_windows<F, Fut>(
 ) -> Result<Option<Decoded>, StreamError>
 where
     F: FnMut(&traum_audio::AudioInfo, Option<i32>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), ApiError>>,
+    Fut: std::future::Future<Output = Result<bool, ApiError>>,
 {
     let opened = Instant::now();
     let (window_len, hop_len) = hop_samples(lib);
@@ -381,7 +573,9 @@ where
             .observe(opened.elapsed().as_secs_f64());
     }
     let mut total = expected_windows(&info, window_len, hop_len);
-    on_open(&info, total).await?;
+    if !on_open(&info, total).await? {
+        return Err(StreamError::LeaseLost);
+    }
 
     // The decoder thread stays at most a couple of windows ahead.
     let (tx, mut rx) = mpsc::channel::<Result<Window, AudioError>>(2);
@@ -414,7 +608,7 @@ where
                 let (start_sample, len, vector): (u64, usize, Result<Vec<f32>, _>) = done;
                 let vector = match vector {
                     Ok(v) => v,
-                    Err(e) => break Err(StreamError::Api(embed_error(e))),
+                    Err(e) => break Err(StreamError::Embed(e)),
                 };
                 let start_s = start_sample as f64 / rate;
                 out.push(WindowVector {
@@ -425,11 +619,13 @@ where
                 let done = out.len() as i32;
                 let shown_total = total.map_or(done, |t| t.max(done));
                 progress(done, shown_total);
-                let Some(id) = claim else { continue };
+                let Some(lease) = claim else { continue };
                 if !token.is_cancelled() && last_saved.elapsed() > Duration::from_millis(500) {
                     last_saved = Instant::now();
-                    if let Err(e) = store::set_progress(&lib.db, id, done, shown_total).await {
-                        tracing::debug!(%id, error = %e, "progress not saved");
+                    match work::save_progress(&lib.db, &lease, done, shown_total).await {
+                        Ok(true) => {}
+                        Ok(false) => break Err(StreamError::LeaseLost),
+                        Err(e) => tracing::debug!(id = %lease.file_id, error = %e, "progress not saved"),
                     }
                 }
             }
@@ -458,11 +654,11 @@ where
                 }
             }
             _ = renew.tick(), if claim.is_some() => {
-                let id = claim.expect("guarded");
-                match store::renew_lease(&lib.db, id, &lib.owner, lib.config.lease).await {
+                let lease = claim.expect("guarded");
+                match work::renew(&lib.db, &lease, lib.config.lease).await {
                     Ok(true) => {}
                     Ok(false) => break Err(StreamError::LeaseLost),
-                    Err(e) => tracing::warn!(%id, error = %e, "lease renewal failed"),
+                    Err(e) => tracing::warn!(id = %lease.file_id, error = %e, "lease renewal failed"),
                 }
             }
         }
@@ -489,7 +685,7 @@ pub(crate) async fn embed_file_windows(
     lib: &Arc<Library>,
     path: &Path,
 ) -> Result<Vec<WindowVector>, ApiError> {
-    let mut on_open = |_: &traum_audio::AudioInfo, _: Option<i32>| async { Ok(()) };
+    let mut on_open = |_: &traum_audio::AudioInfo, _: Option<i32>| async { Ok(true) };
     let limits = StreamLimits {
         claim: None,
         max_seconds: Some(lib.config.max_clip_s),
@@ -498,6 +694,7 @@ pub(crate) async fn embed_file_windows(
         Ok(Some(d)) => Ok(d.windows),
         Ok(None) => Err(ApiError::ShuttingDown),
         Err(StreamError::Audio(e)) => Err(ApiError::Audio(e)),
+        Err(StreamError::Embed(e)) => Err(embed_error(e)),
         Err(StreamError::Api(e)) => Err(e),
         Err(StreamError::LeaseLost) => Err(ApiError::Internal("lease lost".into())),
         Err(StreamError::TooLong { limit_s }) => Err(ApiError::ClipTooLong { limit_s }),
