@@ -386,13 +386,7 @@ impl Library {
         let txn = self.db.begin().await.map_err(store::StoreError::from)?;
         let (row, created) = store::insert_or_get_by_hash(&txn, new).await?;
         if created {
-            let event = FileEvent::from_row(FileEventKind::Added, &row);
-            store::notify(
-                &txn,
-                cluster::EVENTS_CHANNEL,
-                &cluster::event_payload(&event),
-            )
-            .await?;
+            announce_added(&txn, &row).await?;
         }
         txn.commit().await.map_err(store::StoreError::from)?;
         Ok((row, created))
@@ -468,13 +462,7 @@ impl Library {
             self.events.flush().await;
             let txn = self.db.begin().await.map_err(store::StoreError::from)?;
             let row = store::set_status(&txn, id, FileStatus::Queued).await?;
-            let event = FileEvent::from_row(FileEventKind::Added, &row);
-            store::notify(
-                &txn,
-                cluster::EVENTS_CHANNEL,
-                &cluster::event_payload(&event),
-            )
-            .await?;
+            announce_added(&txn, &row).await?;
             txn.commit().await.map_err(store::StoreError::from)?;
             row
         } else {
@@ -670,6 +658,22 @@ impl Library {
         }
         tracing::info!("library closed");
     }
+}
+
+/// Publishes a file's ADDED inside `txn`: other replicas hear it when the row they could claim
+/// is committed, not before.
+async fn announce_added(
+    txn: &impl sea_orm::ConnectionTrait,
+    row: &FileRow,
+) -> Result<(), ApiError> {
+    let event = FileEvent::from_row(FileEventKind::Added, row);
+    store::notify(
+        txn,
+        cluster::EVENTS_CHANNEL,
+        &cluster::event_payload(&event),
+    )
+    .await?;
+    Ok(())
 }
 
 pub(crate) fn embed_error(e: EmbedError) -> ApiError {

@@ -112,25 +112,8 @@ impl Server {
                 c
             }
         };
-        cmd.arg("serve")
-            .arg("--bind")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--model")
-            .arg(tiny_model())
-            .args(&options.args)
-            .env("RUST_LOG", "info,sqlx=warn,sea_orm=warn")
-            .env_remove("DATABASE_URL")
-            .env_remove("TRAUM_BIND")
-            .env_remove("TRAUM_DATA_DIR")
-            .env_remove("TRAUM_MODEL")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true);
-        for (k, v) in &options.env {
-            cmd.env(k, v);
-        }
+        serve_args(&mut cmd, data_dir, &options);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::from(log_file));
         let mut child = cmd.spawn().expect("start traum serve");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
@@ -166,25 +149,8 @@ impl Server {
         let log = data_dir.with_extension(format!("exit-log.{}", std::process::id()));
         let log_file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(traum());
-        cmd.arg("serve")
-            .arg("--bind")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--model")
-            .arg(tiny_model())
-            .args(&options.args)
-            .env("RUST_LOG", "info,sqlx=warn,sea_orm=warn")
-            .env_remove("DATABASE_URL")
-            .env_remove("TRAUM_BIND")
-            .env_remove("TRAUM_DATA_DIR")
-            .env_remove("TRAUM_MODEL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true);
-        for (k, v) in &options.env {
-            cmd.env(k, v);
-        }
+        serve_args(&mut cmd, data_dir, &options);
+        cmd.stdout(Stdio::null()).stderr(Stdio::from(log_file));
         let mut child = cmd.spawn().expect("start traum serve");
         let status = tokio::time::timeout(timeout, child.wait())
             .await
@@ -433,6 +399,28 @@ impl Server {
             }
         }
         ids.iter().map(|id| done[id].clone()).collect()
+    }
+}
+
+/// `traum serve` on a free port with the tiny model and the test's options; none of the
+/// caller's own settings leak in.
+fn serve_args(cmd: &mut Command, data_dir: &Path, options: &Options) {
+    cmd.arg("serve")
+        .arg("--bind")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--model")
+        .arg(tiny_model())
+        .args(&options.args)
+        .env("RUST_LOG", "info,sqlx=warn,sea_orm=warn")
+        .env_remove("DATABASE_URL")
+        .env_remove("TRAUM_BIND")
+        .env_remove("TRAUM_DATA_DIR")
+        .env_remove("TRAUM_MODEL")
+        .kill_on_drop(true);
+    for (k, v) in &options.env {
+        cmd.env(k, v);
     }
 }
 

@@ -188,6 +188,24 @@ pub(super) fn no_lease() -> [(Column, SimpleExpr); 3] {
     ]
 }
 
+pub(super) fn check_duration(duration_s: f64) -> Result<()> {
+    if !duration_s.is_finite() || duration_s < 0.0 {
+        return Err(StoreError::InvalidArgument(format!(
+            "decoded duration {duration_s}"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn check_progress(windows_done: i32, windows_total: i32) -> Result<()> {
+    if windows_done < 0 || windows_total < 0 || windows_done > windows_total {
+        return Err(StoreError::InvalidArgument(format!(
+            "progress {windows_done}/{windows_total}"
+        )));
+    }
+    Ok(())
+}
+
 /// Sets the status.
 ///
 /// Side effects by target status: `queued` clears the lease, the error, the
@@ -241,11 +259,7 @@ pub async fn set_decoded(
     duration_s: f64,
     container: Option<&str>,
 ) -> Result<Model> {
-    if !duration_s.is_finite() || duration_s < 0.0 {
-        return Err(StoreError::InvalidArgument(format!(
-            "decoded duration {duration_s}"
-        )));
-    }
+    check_duration(duration_s)?;
     let mut sets = vec![(Column::DurationS, Expr::value(duration_s))];
     if let Some(c) = container {
         sets.push((Column::Container, Expr::value(c)));
@@ -260,11 +274,7 @@ pub async fn set_progress(
     windows_done: i32,
     windows_total: i32,
 ) -> Result<()> {
-    if windows_done < 0 || windows_total < 0 || windows_done > windows_total {
-        return Err(StoreError::InvalidArgument(format!(
-            "progress {windows_done}/{windows_total}"
-        )));
-    }
+    check_progress(windows_done, windows_total)?;
     let res = AudioFile::update_many()
         .col_expr(Column::WindowsDone, Expr::value(windows_done))
         .col_expr(Column::WindowsTotal, Expr::value(windows_total))

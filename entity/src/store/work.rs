@@ -36,7 +36,9 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::files::{get, no_lease, null_string, null_time, MediaInfo};
+use super::files::{
+    check_duration, check_progress, get, no_lease, null_string, null_time, MediaInfo,
+};
 use super::{now, Result, StoreError};
 use crate::audio_file::{error_code, Column, Entity as AudioFile, FileStatus, Model};
 
@@ -356,11 +358,7 @@ pub async fn save_progress(
     windows_done: i32,
     windows_total: i32,
 ) -> Result<bool> {
-    if windows_done < 0 || windows_total < 0 || windows_done > windows_total {
-        return Err(StoreError::InvalidArgument(format!(
-            "progress {windows_done}/{windows_total}"
-        )));
-    }
+    check_progress(windows_done, windows_total)?;
     update_held_quiet(
         db,
         lease,
@@ -380,11 +378,7 @@ pub async fn save_decoded(
     duration_s: f64,
     container: Option<&str>,
 ) -> Result<Option<Model>> {
-    if !duration_s.is_finite() || duration_s < 0.0 {
-        return Err(StoreError::InvalidArgument(format!(
-            "decoded duration {duration_s}"
-        )));
-    }
+    check_duration(duration_s)?;
     let mut sets = vec![(Column::DurationS, Expr::value(duration_s))];
     if let Some(c) = container {
         sets.push((Column::Container, Expr::value(c)));

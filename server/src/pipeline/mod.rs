@@ -171,19 +171,10 @@ fn classify(e: &ApiError) -> Outcome {
             message,
         },
         // The original could not be read (a storage mount away, a permission): passing.
-        ApiError::Audio(a)
-            if matches!(
-                a.kind(),
-                traum_audio::ErrorKind::NotFound
-                    | traum_audio::ErrorKind::PermissionDenied
-                    | traum_audio::ErrorKind::Io
-            ) =>
-        {
-            Outcome::Passing {
-                code: code::INTERNAL,
-                message,
-            }
-        }
+        ApiError::Audio(a) if !is_file_fault(a) => Outcome::Passing {
+            code: code::INTERNAL,
+            message,
+        },
         // A missing row is a database problem here, not the user's.
         ApiError::Store(_) => Outcome::Failed {
             code: error_code::INTERNAL,
