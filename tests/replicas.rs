@@ -364,6 +364,38 @@ fn files_under(dir: &Path) -> usize {
         .sum()
 }
 
+/// With `--storage-dir` the originals are kept there, not in the data directory; the upload
+/// was staged under the storage's `incoming/` and nothing is left there; the file is indexed
+/// and its original is served back byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn originals_are_kept_in_the_storage_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, storage) = (dir.path().join("data"), dir.path().join("storage"));
+    let options = Options::default()
+        .arg("--storage-dir")
+        .arg(storage.to_string_lossy());
+    let server = Server::start_with(&data, options).await;
+    let (name, bytes) = clip(1);
+    let uploaded = ids(&server.upload_files(vec![(name, bytes.clone())]).await);
+    let done = server.wait_done(&uploaded).await;
+    assert_eq!(done[0]["status"], "INDEXED", "{}", done[0]);
+    assert_eq!(files_under(&storage.join("files")), 1);
+    assert_eq!(files_under(&storage.join("incoming")), 0);
+    assert_eq!(files_under(&data.join("files")), 0);
+    let served = server
+        .http()
+        .get(server.url(&format!("/files/{}", uploaded[0])))
+        .send()
+        .await
+        .unwrap();
+    assert!(served.status().is_success(), "{}", served.status());
+    assert!(
+        served.bytes().await.unwrap() == bytes,
+        "the original comes back"
+    );
+    server.stop().await;
+}
+
 /// Two replicas, 100 files uploaded half to each: each indexed exactly once, both replicas
 /// worked, and a subscriber on B saw every event of every file, A's included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -339,7 +339,7 @@ impl Library {
             }
         }
         let relative = DataPaths::relative_file_path(&staged.sha256, staged.container);
-        let dest = self.paths.root.join(&relative);
+        let dest = self.paths.storage.join(&relative);
         let staged = crate::storage::blocking(move || {
             let mut staged = staged;
             let kept = staged
