@@ -7,9 +7,19 @@
 //! cargo bench -p traum-index --bench search -- --quick   # 100k only
 //! cargo bench -p traum-index --bench search -- --sizes 20000,300000 --dir /mnt/big
 //! cargo bench -p traum-index --bench search -- --clustered \
-//!     --backends edge,qdrant,qdrant-int8 --qdrant-url http://127.0.0.1:6334
-//! # also: --ef N  --filtered-ef N  --m N  --ef-construct N  --filter-links
+//!     --backends edge,edge-int8,qdrant,qdrant-int8 --qdrant-url http://127.0.0.1:6334
+//! # sweep search settings over one build, kept for the next run:
+//! cargo bench -p traum-index --bench search -- --sizes 1000000 --clustered \
+//!     --backends edge-int8 --efs 100,200,300 --oversamples 4,10 --reuse /var/tmp/traum-bench
+//! # also: --ef N  --filtered-ef N  --rescore X  --rescore-files on|off|both
+//! #       --m N  --ef-construct N  --filter-links
 //! ```
+//!
+//! `--reuse DIR` keeps each built index under `DIR` (named by backend, data, size, `m` and
+//! `ef_construct`; a Qdrant server's collections by a prefix made of the same) with the
+//! exact file scores of the recall queries, and a later run with the same build settings
+//! only searches: build settings are fixed per index, search settings (`--efs`,
+//! `--oversamples`, `--rescore`, `--rescore-files`, `--filtered-ef`) are not.
 //!
 //! On a Qdrant server, "optimize" is the wait (after the last write) until the server's own
 //! background optimisation has indexed the collections (status green, every vector in an
@@ -29,7 +39,8 @@
 //! and search latency after it, unfiltered and with a format or duration filter, plus
 //! file-level recall against exact grouping (recall@1: the query's source file comes
 //! first; recall@10: overlap of the top 10 files with the exact top 10, a pessimistic
-//! figure on structureless random data where ranks 2–10 differ in the third decimal).
+//! figure on structureless random data where ranks 2–10 differ in the third decimal), for
+//! every combination of the search settings asked for.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -46,7 +57,8 @@ const FORMATS: [&str; 4] = ["wav", "flac", "mp3", "m4a/aac"];
 const BATCH_FILES: usize = 100;
 const SINGLE_UPSERTS: usize = 50;
 const QUERIES: usize = 200;
-const RECALL_QUERIES: usize = 20;
+/// Queries whose results are checked against exact search (recall ± ~0.03 at 100).
+const RECALL_QUERIES: usize = 100;
 const LIMIT: usize = 10;
 
 struct Args {
@@ -54,28 +66,49 @@ struct Args {
     dir: Option<PathBuf>,
     m: usize,
     ef_construct: usize,
-    ef: Option<usize>,
+    /// Search `ef` values to try, one row each (`None`: the backend's default).
+    efs: Vec<Option<usize>>,
+    /// Edge grouping oversampling factors to try, one row each.
+    oversamples: Vec<usize>,
+    /// Int8 rescoring oversampling.
+    rescore: f64,
+    /// Edge: exact rescoring of the files found, off and/or on (one row each).
+    rescore_files: Vec<bool>,
     filtered_ef: Option<usize>,
     filter_links: bool,
     clustered: bool,
     backends: Vec<Backend>,
     qdrant_url: Option<String>,
+    reuse: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Backend {
-    Edge,
+    Edge { int8: bool },
     Qdrant { int8: bool },
 }
 
 impl Backend {
     fn name(self) -> &'static str {
         match self {
-            Backend::Edge => "edge",
+            Backend::Edge { int8: false } => "edge",
+            Backend::Edge { int8: true } => "edge-int8",
             Backend::Qdrant { int8: false } => "qdrant",
             Backend::Qdrant { int8: true } => "qdrant-int8",
         }
     }
+}
+
+fn parse_list<T: std::str::FromStr>(flag: &str, list: Option<String>) -> Vec<T> {
+    let list = list.unwrap_or_else(|| panic!("{flag} needs a comma-separated list"));
+    list.split(',')
+        .map(|s| {
+            s.trim()
+                .replace('_', "")
+                .parse()
+                .unwrap_or_else(|_| panic!("{flag}: not a number: {s:?}"))
+        })
+        .collect()
 }
 
 fn parse_args() -> Args {
@@ -84,24 +117,41 @@ fn parse_args() -> Args {
         dir: None,
         m: 16,
         ef_construct: 100,
-        ef: None,
+        efs: vec![None],
+        oversamples: vec![IndexConfig::new("", DIM).oversample],
+        rescore: IndexConfig::new("", DIM).rescore_oversampling,
+        rescore_files: vec![IndexConfig::new("", DIM).rescore_files],
         filtered_ef: None,
         filter_links: false,
         clustered: false,
-        backends: vec![Backend::Edge],
+        backends: vec![Backend::Edge { int8: false }],
         qdrant_url: std::env::var("TRAUM_TEST_QDRANT_URL").ok(),
+        reuse: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--quick" => args.sizes = vec![100_000],
-            "--sizes" => {
-                let list = it.next().expect("--sizes needs a comma-separated list");
-                args.sizes = list
-                    .split(',')
-                    .map(|s| s.trim().replace('_', "").parse().expect("a window count"))
-                    .collect();
+            "--sizes" => args.sizes = parse_list("--sizes", it.next()),
+            "--efs" => {
+                args.efs = parse_list("--efs", it.next())
+                    .into_iter()
+                    .map(Some)
+                    .collect()
             }
+            "--oversamples" => args.oversamples = parse_list("--oversamples", it.next()),
+            "--rescore" => {
+                args.rescore = it.next().and_then(|s| s.parse().ok()).expect("--rescore X")
+            }
+            "--rescore-files" => {
+                args.rescore_files = match it.next().as_deref() {
+                    Some("on") => vec![true],
+                    Some("off") => vec![false],
+                    Some("both") => vec![false, true],
+                    other => panic!("--rescore-files on|off|both, not {other:?}"),
+                }
+            }
+            "--reuse" => args.reuse = Some(it.next().expect("--reuse needs a path").into()),
             "--dir" => args.dir = Some(it.next().expect("--dir needs a path").into()),
             "--m" => args.m = it.next().and_then(|s| s.parse().ok()).expect("--m N"),
             "--ef-construct" => {
@@ -110,7 +160,11 @@ fn parse_args() -> Args {
                     .and_then(|s| s.parse().ok())
                     .expect("--ef-construct N")
             }
-            "--ef" => args.ef = Some(it.next().and_then(|s| s.parse().ok()).expect("--ef N")),
+            "--ef" => {
+                args.efs = vec![Some(
+                    it.next().and_then(|s| s.parse().ok()).expect("--ef N"),
+                )]
+            }
             "--filtered-ef" => {
                 args.filtered_ef = Some(
                     it.next()
@@ -121,11 +175,14 @@ fn parse_args() -> Args {
             "--filter-links" => args.filter_links = true,
             "--clustered" => args.clustered = true,
             "--backends" => {
-                let list = it.next().expect("--backends needs edge,qdrant,qdrant-int8");
+                let list = it
+                    .next()
+                    .expect("--backends needs edge,edge-int8,qdrant,qdrant-int8");
                 args.backends = list
                     .split(',')
                     .map(|b| match b.trim() {
-                        "edge" => Backend::Edge,
+                        "edge" => Backend::Edge { int8: false },
+                        "edge-int8" => Backend::Edge { int8: true },
                         "qdrant" => Backend::Qdrant { int8: false },
                         "qdrant-int8" => Backend::Qdrant { int8: true },
                         other => panic!("unknown backend {other:?}"),
@@ -309,20 +366,71 @@ async fn time_searches(
     (stats(times), results)
 }
 
-/// Best-window score of every file for each query, by brute force over regenerated data.
+/// Best-window score of every file for each query, by brute force over regenerated data
+/// (on every core: regenerating the windows is most of the work).
 fn exact_file_scores(data: Data, queries: &[(usize, Vec<f32>)], n_files: usize) -> Vec<Vec<f32>> {
-    let mut scores = vec![Vec::with_capacity(n_files); queries.len()];
-    for f in 0..n_files {
-        let windows: Vec<Vec<f32>> = (0..WINDOWS_PER_FILE)
-            .map(|w| window_vector(data, f, w))
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = n_files.div_ceil(threads);
+    let parts: Vec<Vec<Vec<f32>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let files = t * chunk..((t + 1) * chunk).min(n_files);
+                    let mut scores = vec![Vec::with_capacity(files.len()); queries.len()];
+                    for f in files {
+                        let windows: Vec<Vec<f32>> = (0..WINDOWS_PER_FILE)
+                            .map(|w| window_vector(data, f, w))
+                            .collect();
+                        for (qi, (_, q)) in queries.iter().enumerate() {
+                            let best = windows
+                                .iter()
+                                .map(|w| dot(q, w))
+                                .fold(f32::NEG_INFINITY, f32::max);
+                            scores[qi].push(best);
+                        }
+                    }
+                    scores
+                })
+            })
             .collect();
-        for (qi, (_, q)) in queries.iter().enumerate() {
-            let best = windows
-                .iter()
-                .map(|w| dot(q, w))
-                .fold(f32::NEG_INFINITY, f32::max);
-            scores[qi].push(best);
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("exact scoring thread"))
+            .collect()
+    });
+    let mut scores = vec![Vec::with_capacity(n_files); queries.len()];
+    for part in parts {
+        for (all, mine) in scores.iter_mut().zip(part) {
+            all.extend(mine);
         }
+    }
+    scores
+}
+
+/// [`exact_file_scores`], kept in `cache` (when reusing) for the next run.
+fn cached_exact_file_scores(
+    cache: Option<PathBuf>,
+    data: Data,
+    queries: &[(usize, Vec<f32>)],
+    n_files: usize,
+) -> Vec<Vec<f32>> {
+    if let Some(bytes) = cache.as_ref().and_then(|path| std::fs::read(path).ok()) {
+        if bytes.len() == queries.len() * n_files * 4 {
+            let all: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            return all.chunks(n_files).map(<[f32]>::to_vec).collect();
+        }
+    }
+    let scores = exact_file_scores(data, queries, n_files);
+    if let Some(path) = cache {
+        let bytes: Vec<u8> = scores
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        std::fs::write(&path, bytes).expect("write the exact scores");
     }
     scores
 }
@@ -341,76 +449,157 @@ fn recall(exact: &[Vec<f32>], results: &[Vec<FileHit>], keep: impl Fn(usize) -> 
     total / n as f64
 }
 
-struct Row {
+/// One built index: what building it cost (absent when it was reused).
+struct Build {
     backend: Backend,
     windows: usize,
     files: usize,
+    cost: Option<BuildCost>,
+    /// On-disk sizes (in-process store only).
+    disk: Option<(u64, u64)>,
+}
+
+struct BuildCost {
     generate: Duration,
     insert: Duration,
     single: Stats,
     brute: Stats,
     optimize: Duration,
+}
+
+/// Searches with one combination of search settings on one built index.
+struct Searched {
+    backend: Backend,
+    windows: usize,
+    ef: Option<usize>,
+    oversample: usize,
+    rescore_files: bool,
     hnsw: Stats,
     format: Stats,
     duration: Stats,
     recall1: f64,
     recall10: [f64; 3],
-    /// On-disk sizes (in-process store only).
-    disk: Option<(u64, u64)>,
 }
 
-/// The index under test, and how to clean up after it.
+/// The index under test.
 enum Open {
-    Edge(EdgeIndex, tempfile::TempDir),
-    Qdrant(QdrantIndex, QdrantConfig),
+    Edge(EdgeIndex),
+    Qdrant(QdrantIndex),
 }
 
 impl Open {
     fn index(&self) -> &dyn VectorIndex {
         match self {
-            Open::Edge(index, _) => index,
-            Open::Qdrant(index, _) => index,
+            Open::Edge(index) => index,
+            Open::Qdrant(index) => index,
         }
     }
 }
 
-async fn open(backend: Backend, root: &Path, args: &Args) -> Open {
-    match backend {
-        Backend::Edge => {
-            let dir = tempfile::Builder::new()
+/// Where one index lives: a temp dir or a kept dir (edge), a collection prefix (Qdrant).
+struct Place {
+    /// Edge: the store's directory; Qdrant: the marker file's directory when reusing.
+    dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    /// Qdrant collection prefix.
+    prefix: String,
+    /// Set when the index is kept: the file that marks it complete.
+    done_marker: Option<PathBuf>,
+}
+
+fn place(backend: Backend, n_windows: usize, root: &Path, args: &Args) -> Place {
+    let name = format!(
+        "{}-{}-{n_windows}-m{}-efc{}{}",
+        backend.name(),
+        if args.clustered {
+            "clustered"
+        } else {
+            "random"
+        },
+        args.m,
+        args.ef_construct,
+        if args.filter_links { "-links" } else { "" },
+    );
+    match &args.reuse {
+        Some(keep) => {
+            let dir = keep.join(&name);
+            std::fs::create_dir_all(&dir).expect("reuse dir");
+            Place {
+                done_marker: Some(dir.join("complete")),
+                dir,
+                _temp: None,
+                prefix: format!("bench_{}_", name.replace('-', "_")),
+            }
+        }
+        None => {
+            let temp = tempfile::Builder::new()
                 .prefix("traum-index-bench-")
                 .tempdir_in(root)
                 .expect("temp dir");
-            let mut config = IndexConfig::new(dir.path().join("index"), DIM);
+            Place {
+                dir: temp.path().to_owned(),
+                _temp: Some(temp),
+                prefix: format!("bench_{}_", &Uuid::new_v4().simple().to_string()[..8]),
+                done_marker: None,
+            }
+        }
+    }
+}
+
+fn qdrant_config(place: &Place, args: &Args, int8: bool) -> QdrantConfig {
+    let url = args
+        .qdrant_url
+        .clone()
+        .expect("the qdrant backends need --qdrant-url (or TRAUM_TEST_QDRANT_URL)");
+    let mut config = QdrantConfig::new(vec![url], "bench", DIM);
+    config.collection_prefix = place.prefix.clone();
+    config.int8 = int8;
+    config.hnsw_m = args.m as u64;
+    config.hnsw_ef_construct = args.ef_construct as u64;
+    config.rescore_oversampling = args.rescore;
+    if let Some(ef) = args.filtered_ef {
+        config.filtered_hnsw_ef = ef as u64;
+    }
+    config.timeout = Duration::from_secs(300);
+    config
+}
+
+/// Opens (or makes) the index at `place` with the search settings `ef` and `oversample`.
+async fn open(
+    backend: Backend,
+    place: &Place,
+    args: &Args,
+    ef: Option<usize>,
+    oversample: usize,
+    rescore_files: bool,
+) -> Open {
+    match backend {
+        Backend::Edge { int8 } => {
+            let mut config = IndexConfig::new(place.dir.join("index"), DIM);
             config.hnsw_m = args.m;
             config.hnsw_ef_construct = args.ef_construct;
             config.filter_links = args.filter_links;
-            config.hnsw_ef = args.ef;
+            config.int8 = int8;
+            config.rescore_oversampling = args.rescore;
+            config.hnsw_ef = ef;
+            config.oversample = oversample;
+            config.rescore_files = rescore_files;
             if let Some(ef) = args.filtered_ef {
                 config.filtered_hnsw_ef = ef;
             }
-            Open::Edge(EdgeIndex::open(config).expect("open"), dir)
+            let index = tokio::task::spawn_blocking(move || EdgeIndex::open(config))
+                .await
+                .expect("open task")
+                .expect("open");
+            Open::Edge(index)
         }
         Backend::Qdrant { int8 } => {
-            let url = args
-                .qdrant_url
-                .clone()
-                .expect("the qdrant backends need --qdrant-url (or TRAUM_TEST_QDRANT_URL)");
-            let mut config = QdrantConfig::new(vec![url], "bench", DIM);
-            config.collection_prefix =
-                format!("bench_{}_", &Uuid::new_v4().simple().to_string()[..8]);
-            config.int8 = int8;
-            config.hnsw_m = args.m as u64;
-            config.hnsw_ef_construct = args.ef_construct as u64;
-            config.hnsw_ef = args.ef.map(|ef| ef as u64);
-            if let Some(ef) = args.filtered_ef {
-                config.filtered_hnsw_ef = ef as u64;
-            }
-            config.timeout = Duration::from_secs(300);
-            let index = QdrantIndex::connect(config.clone())
+            let mut config = qdrant_config(place, args, int8);
+            config.hnsw_ef = ef.map(|ef| ef as u64);
+            let index = QdrantIndex::connect(config)
                 .await
                 .expect("connect to Qdrant");
-            Open::Qdrant(index, config)
+            Open::Qdrant(index)
         }
     }
 }
@@ -419,8 +608,8 @@ async fn open(backend: Backend, root: &Path, args: &Args) -> Open {
 /// server's background optimiser has indexed everything.
 async fn optimize(open: &Open) {
     match open {
-        Open::Edge(index, _) => index.optimize().await.expect("optimize"),
-        Open::Qdrant(index, _) => loop {
+        Open::Edge(index) => index.optimize().await.expect("optimize"),
+        Open::Qdrant(index) => loop {
             // A segment below qdrant's indexing threshold (10 000 KiB) is searched exactly
             // and never gets a graph; everything above it must be indexed.
             let below_threshold = |points: u64| points * DIM as u64 * 4 <= 10_000 * 1024;
@@ -436,19 +625,17 @@ async fn optimize(open: &Open) {
     }
 }
 
-async fn bench_size(n_windows: usize, root: &Path, args: &Args, backend: Backend) -> Row {
-    let n_files = n_windows / WINDOWS_PER_FILE;
-    let data = if args.clustered {
-        Data::Clustered {
-            topics: (n_files as u64 / 50).max(1),
-        }
-    } else {
-        Data::Random
-    };
-    let opened = open(backend, root, args).await;
+/// Inserts `n_files` files into `index` and optimises it.
+async fn build(
+    opened: &Open,
+    data: Data,
+    n_files: usize,
+    queries: &[(usize, Vec<f32>)],
+    name: &str,
+) -> BuildCost {
     let index = opened.index();
-    let backend_name = backend.name();
-    eprintln!("[{backend_name}, {n_windows} windows] inserting {n_files} files …");
+    let n_windows = n_files * WINDOWS_PER_FILE;
+    eprintln!("[{name}, {n_windows} windows] inserting {n_files} files …");
 
     // Bulk insert. Generating vectors is timed apart and left out of the throughput.
     let mut generate = Duration::ZERO;
@@ -479,29 +666,144 @@ async fn bench_size(n_windows: usize, root: &Path, args: &Args, backend: Backend
         index.upsert_file(file).await.expect("upsert_file");
         single.push(started.elapsed());
     }
-    let counts = index.count().await.expect("count");
-    assert_eq!(counts.files as usize, n_files);
-    assert_eq!(counts.windows as usize, n_windows);
 
+    eprintln!("[{name}, {n_windows} windows] search before optimize …");
+    let brute_queries = if n_windows > 200_000 { 10 } else { 30 };
+    let plain = SearchParams::with_limit(LIMIT);
+    let (brute, _) = time_searches(index, &queries[..brute_queries], &plain).await;
+
+    eprintln!("[{name}, {n_windows} windows] optimize (HNSW build) …");
+    let started = Instant::now();
+    optimize(opened).await;
+    let optimize = started.elapsed();
+    eprintln!("  {:.0} s", optimize.as_secs_f64());
+    BuildCost {
+        generate,
+        insert,
+        single: stats(single),
+        brute,
+        optimize,
+    }
+}
+
+async fn bench_size(
+    n_windows: usize,
+    root: &Path,
+    args: &Args,
+    backend: Backend,
+) -> (Build, Vec<Searched>) {
+    let n_files = n_windows / WINDOWS_PER_FILE;
+    let data = if args.clustered {
+        Data::Clustered {
+            topics: (n_files as u64 / 50).max(1),
+        }
+    } else {
+        Data::Random
+    };
+    let name = backend.name();
+    let place = place(backend, n_windows, root, args);
     let mut rng = Rng(0x5eed);
     let queries: Vec<(usize, Vec<f32>)> = (0..QUERIES)
         .map(|_| make_query(data, &mut rng, n_files))
         .collect();
+
+    let reused = place.done_marker.as_ref().is_some_and(|m| m.exists());
+    let cost = if reused {
+        eprintln!(
+            "[{name}, {n_windows} windows] reusing {}",
+            place.dir.display()
+        );
+        None
+    } else {
+        let opened = open(backend, &place, args, None, args.oversamples[0], false).await;
+        let cost = build(&opened, data, n_files, &queries, name).await;
+        opened.index().flush().await.expect("flush");
+        if let Some(marker) = &place.done_marker {
+            std::fs::write(marker, b"").expect("mark the index complete");
+        }
+        Some(cost)
+    };
+
+    eprintln!("[{name}, {n_windows} windows] exact grouping for recall …");
+    let exact = cached_exact_file_scores(
+        place.done_marker.as_ref().map(|_| {
+            place
+                .dir
+                .join(format!("exact-{}-queries.f32", RECALL_QUERIES))
+        }),
+        data,
+        &queries[..RECALL_QUERIES],
+        n_files,
+    );
+
+    let mut searched = Vec::new();
+    let mut disk = None;
+    let settings = args.efs.iter().flat_map(|&ef| {
+        args.oversamples.iter().flat_map(move |&oversample| {
+            args.rescore_files
+                .iter()
+                .map(move |&rescore_files| (ef, oversample, rescore_files))
+        })
+    });
+    for (ef, oversample, rescore_files) in settings {
+        {
+            let opened = open(backend, &place, args, ef, oversample, rescore_files).await;
+            let index = opened.index();
+            let counts = index.count().await.expect("count");
+            assert_eq!(counts.files as usize, n_files, "files in {name}");
+            assert_eq!(counts.windows as usize, n_windows, "windows in {name}");
+            eprintln!(
+                "[{name}, {n_windows} windows] HNSW search, ef {}, oversample {oversample}, \
+                 rescore files {rescore_files} …",
+                ef.map_or("default".into(), |ef| ef.to_string())
+            );
+            let mut row = search_with(index, backend, n_windows, &queries, &exact).await;
+            (row.ef, row.oversample, row.rescore_files) = (ef, oversample, rescore_files);
+            searched.push(row);
+            if let Open::Edge(_) = &opened {
+                let shards = ["windows", "files"].map(|shard| place.dir.join("index").join(shard));
+                let segments = shards
+                    .iter()
+                    .map(|s| allocated_bytes(&s.join("segments")))
+                    .sum();
+                let wal = shards.iter().map(|s| allocated_bytes(&s.join("wal"))).sum();
+                disk = Some((segments, wal));
+            }
+        }
+    }
+
+    if place.done_marker.is_none() {
+        if let Backend::Qdrant { int8 } = backend {
+            let config = qdrant_config(&place, args, int8);
+            let client = qdrant_client::Qdrant::from_url(&config.urls[0])
+                .skip_compatibility_check()
+                .build()
+                .expect("client");
+            for kind in ["windows", "files"] {
+                let _ = client.delete_collection(config.collection(kind)).await;
+            }
+        }
+    }
+    let build = Build {
+        backend,
+        windows: n_windows,
+        files: n_files,
+        cost,
+        disk,
+    };
+    (build, searched)
+}
+
+async fn search_with(
+    index: &dyn VectorIndex,
+    backend: Backend,
+    n_windows: usize,
+    queries: &[(usize, Vec<f32>)],
+    exact: &[Vec<f32>],
+) -> Searched {
     let plain = SearchParams::with_limit(LIMIT);
-
-    eprintln!("[{backend_name}, {n_windows} windows] search before optimize …");
-    let brute_queries = if n_windows > 200_000 { 10 } else { 30 };
-    let (brute, brute_results) = time_searches(index, &queries[..brute_queries], &plain).await;
-
-    eprintln!("[{backend_name}, {n_windows} windows] optimize (HNSW build) …");
-    let started = Instant::now();
-    optimize(&opened).await;
-    let optimize = started.elapsed();
-    eprintln!("  {:.0} s", optimize.as_secs_f64());
-
-    eprintln!("[{backend_name}, {n_windows} windows] HNSW search …");
     time_searches(index, &queries[..10], &plain).await; // warm-up
-    let (hnsw, results) = time_searches(index, &queries, &plain).await;
+    let (hnsw, results) = time_searches(index, queries, &plain).await;
     let format_filter = SearchParams {
         filter: SearchFilter {
             formats: vec!["flac".into()],
@@ -509,7 +811,7 @@ async fn bench_size(n_windows: usize, root: &Path, args: &Args, backend: Backend
         },
         ..plain.clone()
     };
-    let (format, format_results) = time_searches(index, &queries, &format_filter).await;
+    let (format, format_results) = time_searches(index, queries, &format_filter).await;
     let duration_filter = SearchParams {
         filter: SearchFilter {
             min_duration_s: Some(20.0),
@@ -518,69 +820,35 @@ async fn bench_size(n_windows: usize, root: &Path, args: &Args, backend: Backend
         },
         ..plain.clone()
     };
-    let (duration, duration_results) = time_searches(index, &queries, &duration_filter).await;
+    let (duration, duration_results) = time_searches(index, queries, &duration_filter).await;
 
-    eprintln!("[{backend_name}, {n_windows} windows] exact grouping for recall …");
-    let exact = exact_file_scores(data, &queries[..RECALL_QUERIES], n_files);
-    let recall1 = queries[..RECALL_QUERIES]
+    let recall_queries = &queries[..exact.len()];
+    let recall1 = recall_queries
         .iter()
         .zip(&results)
         .filter(|((source, _), hits)| hits.first().map(|h| h.file_id) == Some(file_id(*source)))
         .count() as f64
-        / RECALL_QUERIES as f64;
-    eprintln!(
-        "  exact-search recall@10 (checks the grouping): {:.2}",
-        recall(&exact, &brute_results, |_| true)
-    );
+        / recall_queries.len() as f64;
     let recall10 = [
-        recall(&exact, &results, |_| true),
-        recall(&exact, &format_results, |f| {
+        recall(exact, &results, |_| true),
+        recall(exact, &format_results, |f| {
             FORMATS[f % FORMATS.len()] == "flac"
         }),
-        recall(&exact, &duration_results, |f| {
+        recall(exact, &duration_results, |f| {
             (20.0..=28.0).contains(&duration_s(f))
         }),
     ];
-
-    index.flush().await.expect("flush");
-    let disk = match &opened {
-        Open::Edge(_, dir) => {
-            let shards = ["windows", "files"].map(|shard| dir.path().join("index").join(shard));
-            let segments = shards
-                .iter()
-                .map(|s| allocated_bytes(&s.join("segments")))
-                .sum();
-            let wal = shards.iter().map(|s| allocated_bytes(&s.join("wal"))).sum();
-            Some((segments, wal))
-        }
-        Open::Qdrant(_, config) => {
-            let client = qdrant_client::Qdrant::from_url(&config.urls[0])
-                .skip_compatibility_check()
-                .build()
-                .expect("client");
-            for kind in ["windows", "files"] {
-                let _ = client.delete_collection(config.collection(kind)).await;
-            }
-            None
-        }
-    };
-    drop(opened);
-
-    Row {
+    Searched {
         backend,
         windows: n_windows,
-        files: n_files,
-        generate,
-        insert,
-        single: stats(single),
-        brute,
-        optimize,
+        ef: None,
+        oversample: 0,
+        rescore_files: false,
         hnsw,
         format,
         duration,
         recall1,
         recall10,
-        disk,
     }
 }
 
@@ -593,11 +861,14 @@ fn main() {
         .expect("tokio runtime");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
-    let mut rows = Vec::new();
+    let mut builds = Vec::new();
+    let mut searches = Vec::new();
     for &n in &args.sizes {
         for &backend in &args.backends {
             let started = Instant::now();
-            rows.push(runtime.block_on(bench_size(n, &root, &args, backend)));
+            let (build, searched) = runtime.block_on(bench_size(n, &root, &args, backend));
+            builds.push(build);
+            searches.extend(searched);
             eprintln!(
                 "[{}, {n} windows] done in {:.0} s",
                 backend.name(),
@@ -609,8 +880,8 @@ fn main() {
     println!();
     println!(
         "traum-index ({}), {DIM}-d cosine, {WINDOWS_PER_FILE} windows per file, \
-         {cores} cores, limit {LIMIT}; {} data, HNSW m {}, ef_construct {}, ef {} (filtered {}), \
-         filter links {}",
+         {cores} cores, limit {LIMIT}; {} data, HNSW m {}, ef_construct {}, filtered ef {}, \
+         int8 rescoring ×{}, filter links {}; recall over {RECALL_QUERIES} queries",
         args.backends
             .iter()
             .map(|b| b.name())
@@ -623,49 +894,66 @@ fn main() {
         },
         args.m,
         args.ef_construct,
-        args.ef.map_or("default".to_string(), |ef| ef.to_string()),
         args.filtered_ef
             .unwrap_or(IndexConfig::new("", DIM).filtered_hnsw_ef),
+        args.rescore,
         if args.filter_links { "on" } else { "off" },
     );
     println!();
     println!(
-        "| backend | windows | files | bulk insert | upsert_file p50 / p95 | on disk: segments / WAL |"
+        "| backend | windows | files | bulk insert | upsert_file p50 / p95 | \
+         search before optimize p50 / p95 | optimize | on disk: segments / WAL |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        let points = r.files * (WINDOWS_PER_FILE + 1);
-        println!(
-            "| {} | {} | {} | {:.0} vectors/s ({:.0} s; generating {:.0} s more) | {} / {} | {} |",
-            r.backend.name(),
-            r.windows,
-            r.files,
-            points as f64 / r.insert.as_secs_f64(),
-            r.insert.as_secs_f64(),
-            r.generate.as_secs_f64(),
-            ms(r.single.p50),
-            ms(r.single.p95),
-            r.disk.map_or("(server)".into(), |(segments, wal)| format!(
-                "{} / {}",
-                gib(segments),
-                gib(wal)
-            )),
-        );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for b in &builds {
+        let points = b.files * (WINDOWS_PER_FILE + 1);
+        let disk = b.disk.map_or("(server)".into(), |(segments, wal)| {
+            format!("{} / {}", gib(segments), gib(wal))
+        });
+        match &b.cost {
+            Some(c) => println!(
+                "| {} | {} | {} | {:.0} vectors/s ({:.0} s; generating {:.0} s more) | {} / {} | {} / {} | {:.0} s | {disk} |",
+                b.backend.name(),
+                b.windows,
+                b.files,
+                points as f64 / c.insert.as_secs_f64(),
+                c.insert.as_secs_f64(),
+                c.generate.as_secs_f64(),
+                ms(c.single.p50),
+                ms(c.single.p95),
+                ms(c.brute.p50),
+                ms(c.brute.p95),
+                c.optimize.as_secs_f64(),
+            ),
+            None => println!(
+                "| {} | {} | {} | (reused) | | | | {disk} |",
+                b.backend.name(),
+                b.windows,
+                b.files,
+            ),
+        }
     }
     println!();
     println!(
-        "| backend | windows | exact search p50 / p95 | optimize | HNSW p50 / p95 | \
-         + format filter | + duration filter | recall@1 | recall@10 (none / format / duration) |"
+        "| backend | windows | ef | oversample | rescore files | HNSW p50 / p95 | + format filter | \
+         + duration filter | recall@1 | recall@10 (none / format / duration) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
+    println!("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|");
+    for r in &searches {
         println!(
-            "| {} | {} | {} / {} | {:.0} s | {} / {} | {} / {} | {} / {} | {:.2} | {:.2} / {:.2} / {:.2} |",
+            "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {:.2} | {:.2} / {:.2} / {:.2} |",
             r.backend.name(),
             r.windows,
-            ms(r.brute.p50),
-            ms(r.brute.p95),
-            r.optimize.as_secs_f64(),
+            r.ef.map_or("default".into(), |ef| ef.to_string()),
+            match r.backend {
+                Backend::Edge { .. } => r.oversample.to_string(),
+                Backend::Qdrant { .. } => "(group-by)".into(),
+            },
+            match r.backend {
+                Backend::Edge { .. } if r.rescore_files => "on",
+                Backend::Edge { .. } => "off",
+                Backend::Qdrant { .. } => "–",
+            },
             ms(r.hnsw.p50),
             ms(r.hnsw.p95),
             ms(r.format.p50),

@@ -11,10 +11,10 @@ use qdrant_edge::{
     EdgeOptimizersConfig, EdgeShard, EdgeVectorParams, FieldCondition, FieldIndexOperations,
     Filter, FloatIndexParams, HnswIndexConfig, IntegerIndexParams, JsonPath, KeywordIndexParams,
     Match, NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaParams, PointId,
-    PointInsertOperations, PointOperations, PointStructPersisted, QueryEnum, QueryRequest, Range,
-    ScoredPoint, ScoringQuery, UpdateOperation, ValueVariants, VectorInternal,
-    VectorStructInternal, VectorStructPersisted, WalOptions, WithPayloadInterface, WithVector,
-    DEFAULT_VECTOR_NAME,
+    PointInsertOperations, PointOperations, PointStructPersisted, QuantizationSearchParams,
+    QueryEnum, QueryRequest, Range, ScalarQuantizationConfig, ScalarType, ScoredPoint,
+    ScoringQuery, UpdateOperation, ValueVariants, VectorInternal, VectorStructInternal,
+    VectorStructPersisted, WalOptions, WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
 };
 use uuid::Uuid;
 
@@ -144,6 +144,12 @@ impl EdgeIndex {
             return Err(IndexError::InvalidArgument(
                 "oversample, max_candidates and max_rounds must be positive".into(),
             ));
+        }
+        if !(config.rescore_oversampling >= 1.0) {
+            return Err(IndexError::InvalidArgument(format!(
+                "rescore_oversampling must be at least 1, got {}",
+                config.rescore_oversampling
+            )));
         }
         let inner = Inner::open(&config)?;
         Ok(Self {
@@ -453,6 +459,8 @@ impl Inner {
         // Files ranked by their windows, in rounds (see the crate docs).
         let mut hits: Vec<FileHit> = Vec::with_capacity(params.limit);
         let mut seen: HashSet<Uuid> = HashSet::new();
+        // Every file any round's hits reached, for `rescore_files`.
+        let mut found: HashSet<Uuid> = HashSet::new();
         let mut oversample = self.config.oversample;
         for round in 0..self.config.max_rounds {
             let wanted = params.limit - hits.len();
@@ -477,11 +485,11 @@ impl Inner {
             let exhausted = points.len() < candidates;
             for point in &points {
                 let hit = parse_hit(Kind::Window, point)?;
-                if seen.insert(hit.file_id) {
+                if self.config.rescore_files {
+                    found.insert(hit.file_id);
+                }
+                if hits.len() < params.limit && seen.insert(hit.file_id) {
                     hits.push(hit);
-                    if hits.len() == params.limit {
-                        break;
-                    }
                 }
             }
             tracing::trace!(
@@ -495,6 +503,9 @@ impl Inner {
                 break;
             }
             oversample = oversample.saturating_mul(4);
+        }
+        if self.config.rescore_files && found.len() > 1 {
+            hits = self.rescore_files(&query, &base, params, &found, hits)?;
         }
 
         // Files without windows, ranked by their file vector. The filter matches (next to)
@@ -517,6 +528,54 @@ impl Inner {
             .map(|point| parse_hit(Kind::File, point))
             .collect::<Result<Vec<_>>>()?;
         schema::merge_bare_files(&mut hits, bare, params.limit);
+        Ok(hits)
+    }
+
+    /// The files in `found` ranked by their best window, scored exactly: the first hit of a
+    /// file among its windows in score order is its best, so the first `limit` files seen
+    /// are the top files of `found`. Files the rescoring did not reach (more windows than
+    /// `max_candidates`) keep their place from `graph_hits` after those.
+    fn rescore_files(
+        &self,
+        query: &[f32],
+        base: &Filter,
+        params: &SearchParams,
+        found: &HashSet<Uuid>,
+        graph_hits: Vec<FileHit>,
+    ) -> Result<Vec<FileHit>> {
+        let mut filter = base.clone();
+        filter
+            .must
+            .get_or_insert_with(Vec::new)
+            .push(condition(&schema::of_files(found)));
+        // Few points match, so qdrant scores them from the payload index, without the graph.
+        let points = self.query(
+            Kind::Window,
+            query,
+            filter,
+            params.score_threshold,
+            self.config.max_candidates,
+            false,
+        )?;
+        let mut hits = Vec::with_capacity(params.limit);
+        let mut seen = HashSet::new();
+        for point in &points {
+            let hit = parse_hit(Kind::Window, point)?;
+            if seen.insert(hit.file_id) {
+                hits.push(hit);
+                if hits.len() == params.limit {
+                    return Ok(hits);
+                }
+            }
+        }
+        for hit in graph_hits {
+            if hits.len() == params.limit {
+                break;
+            }
+            if seen.insert(hit.file_id) {
+                hits.push(hit);
+            }
+        }
         Ok(hits)
     }
 
@@ -544,6 +603,13 @@ impl Inner {
             acorn: user_filter.then_some(AcornSearchParams {
                 enable: true,
                 max_selectivity: None,
+            }),
+            // Without quantized vectors (an f32 store, or segments not yet optimised) qdrant
+            // ignores this.
+            quantization: self.config.int8.then_some(QuantizationSearchParams {
+                ignore: false,
+                rescore: Some(true),
+                oversampling: Some(self.config.rescore_oversampling),
             }),
             ..Default::default()
         };
@@ -739,12 +805,23 @@ fn open_shard(config: &IndexConfig, kind: Kind) -> Result<EdgeShard> {
         tracing::debug!(path = %path.display(), dim = config.dim, "loaded index shard");
         shard
     } else {
-        let edge_config = EdgeConfig::builder()
+        let mut builder = EdgeConfig::builder()
             .vector(
                 DEFAULT_VECTOR_NAME,
                 EdgeVectorParams::builder(config.dim, Distance::Cosine).build(),
             )
-            .hnsw_config(hnsw_config(config, HnswIndexConfig::default()))
+            .hnsw_config(hnsw_config(config, HnswIndexConfig::default()));
+        if config.int8 {
+            builder = builder.quantization_config(
+                ScalarQuantizationConfig {
+                    r#type: ScalarType::Int8,
+                    quantile: Some(0.99),
+                    always_ram: Some(true),
+                }
+                .into(),
+            );
+        }
+        let edge_config = builder
             .optimizers(EdgeOptimizersConfig {
                 indexing_threshold: config.indexing_threshold_kb,
                 ..EdgeOptimizersConfig::default()

@@ -417,3 +417,81 @@ async fn optimize_drops_old_wal_files_while_searches_run() {
     assert!(!index.compact_wal().unwrap(), "nothing left to drop");
     later_writes_apply(config, index).await;
 }
+
+/// The whole suite again with int8 quantization and exact rescoring of the files found:
+/// the options change how candidates are found, never what a search means.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite_with_int8_and_file_rescoring() {
+    struct EdgeInt8;
+    impl Backend for EdgeInt8 {
+        fn fresh(&self, _case: &'static str) -> FreshFuture<'_> {
+            Box::pin(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut config = IndexConfig::new(dir.path().join("index"), DIM);
+                config.int8 = true;
+                config.rescore_files = true;
+                Fresh {
+                    index: Arc::new(EdgeIndex::open(config).expect("open index")),
+                    keep: Some(dir),
+                }
+            })
+        }
+    }
+    run_all(Arc::new(EdgeInt8)).await;
+}
+
+/// An int8 store, optimised (graph and quantized vectors built), answers like an exact f32
+/// store: the same best file, with the original vectors' score (int8 scores are off by
+/// ~1e-2 on these vectors; rescoring makes them exact to f32 rounding).
+#[tokio::test]
+async fn int8_search_after_optimize_rescores_with_the_original_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = IndexConfig::new(dir.path().join("int8"), DIM);
+    config.indexing_threshold_kb = Some(50);
+    config.int8 = true;
+    config.rescore_files = true;
+    let quantized = EdgeIndex::open(config).unwrap();
+    let exact = EdgeIndex::open(IndexConfig::new(dir.path().join("exact"), DIM)).unwrap();
+    let mut random = random_unit_vectors(0x9e37_79b9_7f4a_7c15);
+    let files: Vec<FileVectors> = (0u128..400)
+        .map(|i| file(1000 + i, (0..4).map(|_| random()).collect()))
+        .collect();
+    quantized.upsert_files(files.clone()).await.unwrap();
+    exact.upsert_files(files.clone()).await.unwrap();
+    quantized.optimize().await.unwrap();
+    assert!(quantized.stats().windows.indexed_vectors >= 1600);
+    let edge_config =
+        std::fs::read_to_string(dir.path().join("int8/windows/edge_config.json")).unwrap();
+    assert!(edge_config.contains("scalar"), "{edge_config}");
+
+    for (i, f) in files.iter().enumerate().step_by(20) {
+        // Near one stored window: a clear best file.
+        let noise = random();
+        let query: Vec<f32> = f.windows[i % 4]
+            .vector
+            .iter()
+            .zip(&noise)
+            .map(|(w, n)| w + 0.3 * n)
+            .collect();
+        let got = quantized
+            .search(&query, SearchParams::with_limit(5))
+            .await
+            .unwrap();
+        let want = exact
+            .search(&query, SearchParams::with_limit(5))
+            .await
+            .unwrap();
+        assert_eq!(got[0].file_id, f.file_id);
+        assert_eq!(got[0].file_id, want[0].file_id);
+        assert!(
+            (got[0].score - want[0].score).abs() < 1e-4,
+            "rescored {} vs exact {}",
+            got[0].score,
+            want[0].score
+        );
+        assert_eq!(
+            got[0].best_window.as_ref().map(|w| w.index),
+            want[0].best_window.as_ref().map(|w| w.index)
+        );
+    }
+}
