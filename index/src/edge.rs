@@ -145,7 +145,7 @@ impl EdgeIndex {
                 "oversample, max_candidates and max_rounds must be positive".into(),
             ));
         }
-        if !(config.rescore_oversampling >= 1.0) {
+        if config.rescore_oversampling.is_nan() || config.rescore_oversampling < 1.0 {
             return Err(IndexError::InvalidArgument(format!(
                 "rescore_oversampling must be at least 1, got {}",
                 config.rescore_oversampling
