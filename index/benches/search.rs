@@ -82,6 +82,17 @@ struct Args {
     reuse: Option<PathBuf>,
 }
 
+impl Args {
+    /// How the vectors are made, in words (the table heading, kept indexes' names).
+    fn data_name(&self) -> &'static str {
+        if self.clustered {
+            "clustered"
+        } else {
+            "random"
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Edge { int8: bool },
@@ -468,12 +479,21 @@ struct BuildCost {
 }
 
 /// Searches with one combination of search settings on one built index.
+/// The search settings one row was measured with (fixed per open index, not per build).
+#[derive(Clone, Copy)]
+struct SearchSettings {
+    /// `None`: the backend's default.
+    ef: Option<usize>,
+    /// Edge grouping oversampling.
+    oversample: usize,
+    /// Edge: exact rescoring of the files found.
+    rescore_files: bool,
+}
+
 struct Searched {
     backend: Backend,
     windows: usize,
-    ef: Option<usize>,
-    oversample: usize,
-    rescore_files: bool,
+    settings: SearchSettings,
     hnsw: Stats,
     format: Stats,
     duration: Stats,
@@ -511,11 +531,7 @@ fn place(backend: Backend, n_windows: usize, root: &Path, args: &Args) -> Place 
     let name = format!(
         "{}-{}-{n_windows}-m{}-efc{}{}",
         backend.name(),
-        if args.clustered {
-            "clustered"
-        } else {
-            "random"
-        },
+        args.data_name(),
         args.m,
         args.ef_construct,
         if args.filter_links { "-links" } else { "" },
@@ -565,14 +581,7 @@ fn qdrant_config(place: &Place, args: &Args, int8: bool) -> QdrantConfig {
 }
 
 /// Opens (or makes) the index at `place` with the search settings `ef` and `oversample`.
-async fn open(
-    backend: Backend,
-    place: &Place,
-    args: &Args,
-    ef: Option<usize>,
-    oversample: usize,
-    rescore_files: bool,
-) -> Open {
+async fn open(backend: Backend, place: &Place, args: &Args, settings: SearchSettings) -> Open {
     match backend {
         Backend::Edge { int8 } => {
             let mut config = IndexConfig::new(place.dir.join("index"), DIM);
@@ -581,9 +590,9 @@ async fn open(
             config.filter_links = args.filter_links;
             config.int8 = int8;
             config.rescore_oversampling = args.rescore;
-            config.hnsw_ef = ef;
-            config.oversample = oversample;
-            config.rescore_files = rescore_files;
+            config.hnsw_ef = settings.ef;
+            config.oversample = settings.oversample;
+            config.rescore_files = settings.rescore_files;
             if let Some(ef) = args.filtered_ef {
                 config.filtered_hnsw_ef = ef;
             }
@@ -595,7 +604,7 @@ async fn open(
         }
         Backend::Qdrant { int8 } => {
             let mut config = qdrant_config(place, args, int8);
-            config.hnsw_ef = ef.map(|ef| ef as u64);
+            config.hnsw_ef = settings.ef.map(|ef| ef as u64);
             let index = QdrantIndex::connect(config)
                 .await
                 .expect("connect to Qdrant");
@@ -715,7 +724,12 @@ async fn bench_size(
         );
         None
     } else {
-        let opened = open(backend, &place, args, None, args.oversamples[0], false).await;
+        let build_settings = SearchSettings {
+            ef: None,
+            oversample: args.oversamples[0],
+            rescore_files: false,
+        };
+        let opened = open(backend, &place, args, build_settings).await;
         let cost = build(&opened, data, n_files, &queries, name).await;
         opened.index().flush().await.expect("flush");
         if let Some(marker) = &place.done_marker {
@@ -737,40 +751,42 @@ async fn bench_size(
     );
 
     let mut searched = Vec::new();
-    let mut disk = None;
-    let settings = args.efs.iter().flat_map(|&ef| {
+    let all_settings = args.efs.iter().flat_map(|&ef| {
         args.oversamples.iter().flat_map(move |&oversample| {
             args.rescore_files
                 .iter()
-                .map(move |&rescore_files| (ef, oversample, rescore_files))
+                .map(move |&rescore_files| SearchSettings {
+                    ef,
+                    oversample,
+                    rescore_files,
+                })
         })
     });
-    for (ef, oversample, rescore_files) in settings {
-        {
-            let opened = open(backend, &place, args, ef, oversample, rescore_files).await;
-            let index = opened.index();
-            let counts = index.count().await.expect("count");
-            assert_eq!(counts.files as usize, n_files, "files in {name}");
-            assert_eq!(counts.windows as usize, n_windows, "windows in {name}");
-            eprintln!(
-                "[{name}, {n_windows} windows] HNSW search, ef {}, oversample {oversample}, \
-                 rescore files {rescore_files} …",
-                ef.map_or("default".into(), |ef| ef.to_string())
-            );
-            let mut row = search_with(index, backend, n_windows, &queries, &exact).await;
-            (row.ef, row.oversample, row.rescore_files) = (ef, oversample, rescore_files);
-            searched.push(row);
-            if let Open::Edge(_) = &opened {
-                let shards = ["windows", "files"].map(|shard| place.dir.join("index").join(shard));
-                let segments = shards
-                    .iter()
-                    .map(|s| allocated_bytes(&s.join("segments")))
-                    .sum();
-                let wal = shards.iter().map(|s| allocated_bytes(&s.join("wal"))).sum();
-                disk = Some((segments, wal));
-            }
-        }
+    for settings in all_settings {
+        let opened = open(backend, &place, args, settings).await;
+        let index = opened.index();
+        let counts = index.count().await.expect("count");
+        assert_eq!(counts.files as usize, n_files, "files in {name}");
+        assert_eq!(counts.windows as usize, n_windows, "windows in {name}");
+        eprintln!(
+            "[{name}, {n_windows} windows] HNSW search, ef {}, oversample {}, \
+             rescore files {} …",
+            settings.ef.map_or("default".into(), |ef| ef.to_string()),
+            settings.oversample,
+            settings.rescore_files,
+        );
+        searched.push(search_with(index, backend, n_windows, settings, &queries, &exact).await);
     }
+    // Searches write nothing: the sizes after the last one are those of every one.
+    let disk = matches!(backend, Backend::Edge { .. }).then(|| {
+        let shards = ["windows", "files"].map(|shard| place.dir.join("index").join(shard));
+        let segments = shards
+            .iter()
+            .map(|s| allocated_bytes(&s.join("segments")))
+            .sum();
+        let wal = shards.iter().map(|s| allocated_bytes(&s.join("wal"))).sum();
+        (segments, wal)
+    });
 
     if place.done_marker.is_none() {
         if let Backend::Qdrant { int8 } = backend {
@@ -798,6 +814,7 @@ async fn search_with(
     index: &dyn VectorIndex,
     backend: Backend,
     n_windows: usize,
+    settings: SearchSettings,
     queries: &[(usize, Vec<f32>)],
     exact: &[Vec<f32>],
 ) -> Searched {
@@ -841,9 +858,7 @@ async fn search_with(
     Searched {
         backend,
         windows: n_windows,
-        ef: None,
-        oversample: 0,
-        rescore_files: false,
+        settings,
         hnsw,
         format,
         duration,
@@ -887,11 +902,7 @@ fn main() {
             .map(|b| b.name())
             .collect::<Vec<_>>()
             .join(", "),
-        if args.clustered {
-            "clustered"
-        } else {
-            "random"
-        },
+        args.data_name(),
         args.m,
         args.ef_construct,
         args.filtered_ef
@@ -944,13 +955,13 @@ fn main() {
             "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {:.2} | {:.2} / {:.2} / {:.2} |",
             r.backend.name(),
             r.windows,
-            r.ef.map_or("default".into(), |ef| ef.to_string()),
+            r.settings.ef.map_or("default".into(), |ef| ef.to_string()),
             match r.backend {
-                Backend::Edge { .. } => r.oversample.to_string(),
+                Backend::Edge { .. } => r.settings.oversample.to_string(),
                 Backend::Qdrant { .. } => "(group-by)".into(),
             },
             match r.backend {
-                Backend::Edge { .. } if r.rescore_files => "on",
+                Backend::Edge { .. } if r.settings.rescore_files => "on",
                 Backend::Edge { .. } => "off",
                 Backend::Qdrant { .. } => "–",
             },

@@ -491,6 +491,10 @@ impl Inner {
                 if hits.len() < params.limit && seen.insert(hit.file_id) {
                     hits.push(hit);
                 }
+                // Only the rescoring needs the files beyond the limit.
+                if hits.len() == params.limit && !self.config.rescore_files {
+                    break;
+                }
             }
             tracing::trace!(
                 round,
