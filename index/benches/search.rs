@@ -12,6 +12,7 @@
 //! cargo bench -p traum-index --bench search -- --sizes 1000000 --clustered \
 //!     --backends edge-int8 --efs 100,200,300 --oversamples 4,10 --reuse /var/tmp/traum-bench
 //! # also: --ef N  --filtered-ef N  --rescore X  --rescore-files on|off|both
+//! #       --file-candidates 0,30 (with file rescoring: files found by their file vector)
 //! #       --m N  --ef-construct N  --filter-links
 //! ```
 //!
@@ -74,8 +75,13 @@ struct Args {
     rescore: f64,
     /// Edge: exact rescoring of the files found, off and/or on (one row each).
     rescore_files: Vec<bool>,
+    /// Edge, with file rescoring: file-vector candidates to add, one row each.
+    file_candidates: Vec<usize>,
     filtered_ef: Option<usize>,
     filter_links: bool,
+    /// Edge: segments `optimize` aims at, and the largest it merges (KiB); build settings.
+    segment_number: Option<usize>,
+    max_segment_kb: Option<usize>,
     clustered: bool,
     backends: Vec<Backend>,
     qdrant_url: Option<String>,
@@ -132,8 +138,11 @@ fn parse_args() -> Args {
         oversamples: vec![IndexConfig::new("", DIM).oversample],
         rescore: IndexConfig::new("", DIM).rescore_oversampling,
         rescore_files: vec![IndexConfig::new("", DIM).rescore_files],
+        file_candidates: vec![IndexConfig::new("", DIM).file_candidates],
         filtered_ef: None,
         filter_links: false,
+        segment_number: None,
+        max_segment_kb: None,
         clustered: false,
         backends: vec![Backend::Edge { int8: false }],
         qdrant_url: std::env::var("TRAUM_TEST_QDRANT_URL").ok(),
@@ -162,6 +171,9 @@ fn parse_args() -> Args {
                     other => panic!("--rescore-files on|off|both, not {other:?}"),
                 }
             }
+            "--file-candidates" => {
+                args.file_candidates = parse_list("--file-candidates", it.next())
+            }
             "--reuse" => args.reuse = Some(it.next().expect("--reuse needs a path").into()),
             "--dir" => args.dir = Some(it.next().expect("--dir needs a path").into()),
             "--m" => args.m = it.next().and_then(|s| s.parse().ok()).expect("--m N"),
@@ -184,6 +196,21 @@ fn parse_args() -> Args {
                 )
             }
             "--filter-links" => args.filter_links = true,
+            "--segments" => {
+                args.segment_number = Some(
+                    it.next()
+                        .and_then(|s| s.parse().ok())
+                        .expect("--segments N"),
+                )
+            }
+            "--max-segment-mb" => {
+                args.max_segment_kb = Some(
+                    it.next()
+                        .and_then(|s| s.parse::<usize>().ok())
+                        .expect("--max-segment-mb N")
+                        * 1024,
+                )
+            }
             "--clustered" => args.clustered = true,
             "--backends" => {
                 let list = it
@@ -468,6 +495,8 @@ struct Build {
     cost: Option<BuildCost>,
     /// On-disk sizes (in-process store only).
     disk: Option<(u64, u64)>,
+    /// Segments of the window and file shards (in-process store only).
+    segments: Option<(usize, usize)>,
 }
 
 struct BuildCost {
@@ -488,6 +517,8 @@ struct SearchSettings {
     oversample: usize,
     /// Edge: exact rescoring of the files found.
     rescore_files: bool,
+    /// Edge, with `rescore_files`: file-vector candidates added.
+    file_candidates: usize,
 }
 
 struct Searched {
@@ -529,12 +560,16 @@ struct Place {
 
 fn place(backend: Backend, n_windows: usize, root: &Path, args: &Args) -> Place {
     let name = format!(
-        "{}-{}-{n_windows}-m{}-efc{}{}",
+        "{}-{}-{n_windows}-m{}-efc{}{}{}{}",
         backend.name(),
         args.data_name(),
         args.m,
         args.ef_construct,
         if args.filter_links { "-links" } else { "" },
+        args.segment_number
+            .map_or(String::new(), |n| format!("-seg{n}")),
+        args.max_segment_kb
+            .map_or(String::new(), |kb| format!("-max{}mb", kb / 1024)),
     );
     match &args.reuse {
         Some(keep) => {
@@ -588,11 +623,16 @@ async fn open(backend: Backend, place: &Place, args: &Args, settings: SearchSett
             config.hnsw_m = args.m;
             config.hnsw_ef_construct = args.ef_construct;
             config.filter_links = args.filter_links;
+            // Preloaded explicitly before each search run (see `search_one_build`).
+            config.preload = false;
+            config.segment_number = args.segment_number;
+            config.max_segment_kb = args.max_segment_kb;
             config.int8 = int8;
             config.rescore_oversampling = args.rescore;
             config.hnsw_ef = settings.ef;
             config.oversample = settings.oversample;
             config.rescore_files = settings.rescore_files;
+            config.file_candidates = settings.file_candidates;
             if let Some(ef) = args.filtered_ef {
                 config.filtered_hnsw_ef = ef;
             }
@@ -728,6 +768,7 @@ async fn bench_size(
             ef: None,
             oversample: args.oversamples[0],
             rescore_files: false,
+            file_candidates: 0,
         };
         let opened = open(backend, &place, args, build_settings).await;
         let cost = build(&opened, data, n_files, &queries, name).await;
@@ -753,27 +794,54 @@ async fn bench_size(
     let mut searched = Vec::new();
     let all_settings = args.efs.iter().flat_map(|&ef| {
         args.oversamples.iter().flat_map(move |&oversample| {
-            args.rescore_files
-                .iter()
-                .map(move |&rescore_files| SearchSettings {
-                    ef,
-                    oversample,
-                    rescore_files,
-                })
+            args.rescore_files.iter().flat_map(move |&rescore_files| {
+                // File candidates only count with file rescoring.
+                let candidates = if rescore_files {
+                    args.file_candidates.as_slice()
+                } else {
+                    &[0]
+                };
+                candidates
+                    .iter()
+                    .map(move |&file_candidates| SearchSettings {
+                        ef,
+                        oversample,
+                        rescore_files,
+                        file_candidates,
+                    })
+            })
         })
     });
+    let mut segments = None;
     for settings in all_settings {
         let opened = open(backend, &place, args, settings).await;
+        if let Open::Edge(edge) = &opened {
+            let stats = edge.stats();
+            segments = Some((stats.windows.segments, stats.files.segments));
+            // As a server does after opening its store: searches then measure the index,
+            // not the disk (a reopened store starts paged out).
+            let edge = edge.clone();
+            let started = Instant::now();
+            let bytes = tokio::task::spawn_blocking(move || edge.preload())
+                .await
+                .expect("preload");
+            eprintln!(
+                "[{name}, {n_windows} windows] preloaded {} in {:.1} s",
+                gib(bytes),
+                started.elapsed().as_secs_f64()
+            );
+        }
         let index = opened.index();
         let counts = index.count().await.expect("count");
         assert_eq!(counts.files as usize, n_files, "files in {name}");
         assert_eq!(counts.windows as usize, n_windows, "windows in {name}");
         eprintln!(
             "[{name}, {n_windows} windows] HNSW search, ef {}, oversample {}, \
-             rescore files {} …",
+             rescore files {} (+ {} file candidates) …",
             settings.ef.map_or("default".into(), |ef| ef.to_string()),
             settings.oversample,
             settings.rescore_files,
+            settings.file_candidates,
         );
         searched.push(search_with(index, backend, n_windows, settings, &queries, &exact).await);
     }
@@ -806,6 +874,7 @@ async fn bench_size(
         files: n_files,
         cost,
         disk,
+        segments,
     };
     (build, searched)
 }
@@ -913,17 +982,21 @@ fn main() {
     println!();
     println!(
         "| backend | windows | files | bulk insert | upsert_file p50 / p95 | \
-         search before optimize p50 / p95 | optimize | on disk: segments / WAL |"
+         search before optimize p50 / p95 | optimize | on disk: segments / WAL | \
+         segments: windows / files |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for b in &builds {
         let points = b.files * (WINDOWS_PER_FILE + 1);
         let disk = b.disk.map_or("(server)".into(), |(segments, wal)| {
             format!("{} / {}", gib(segments), gib(wal))
         });
+        let segments = b
+            .segments
+            .map_or("(server)".into(), |(w, f)| format!("{w} / {f}"));
         match &b.cost {
             Some(c) => println!(
-                "| {} | {} | {} | {:.0} vectors/s ({:.0} s; generating {:.0} s more) | {} / {} | {} / {} | {:.0} s | {disk} |",
+                "| {} | {} | {} | {:.0} vectors/s ({:.0} s; generating {:.0} s more) | {} / {} | {} / {} | {:.0} s | {disk} | {segments} |",
                 b.backend.name(),
                 b.windows,
                 b.files,
@@ -937,7 +1010,7 @@ fn main() {
                 c.optimize.as_secs_f64(),
             ),
             None => println!(
-                "| {} | {} | {} | (reused) | | | | {disk} |",
+                "| {} | {} | {} | (reused) | | | | {disk} | {segments} |",
                 b.backend.name(),
                 b.windows,
                 b.files,
@@ -961,9 +1034,11 @@ fn main() {
                 Backend::Qdrant { .. } => "(group-by)".into(),
             },
             match r.backend {
-                Backend::Edge { .. } if r.settings.rescore_files => "on",
-                Backend::Edge { .. } => "off",
-                Backend::Qdrant { .. } => "–",
+                Backend::Edge { .. } if r.settings.file_candidates > 0 =>
+                    format!("on, + {} files", r.settings.file_candidates),
+                Backend::Edge { .. } if r.settings.rescore_files => "on".into(),
+                Backend::Edge { .. } => "off".into(),
+                Backend::Qdrant { .. } => "–".into(),
             },
             ms(r.hnsw.p50),
             ms(r.hnsw.p95),

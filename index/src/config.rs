@@ -21,12 +21,17 @@ pub struct IndexConfig {
     pub max_candidates: usize,
     /// Upper bound on search rounds; each round finds at least one new file if any is left.
     pub max_rounds: usize,
-    /// After the graph search, score every window of the files it found exactly (one query
-    /// over those files' windows, from the payload index) and rank the files by their true
-    /// best window: a file the graph reached through a lesser window is no longer ranked
-    /// below where it belongs. Off by default: on 1M clustered windows it changed no recall
-    /// figure and cost 2–14 ms per search (see the README).
+    /// After the graph search, score every window of the files it found exactly (their
+    /// window vectors read by point id and scored in process, up to `max_candidates`
+    /// windows) and rank the files by their true best window: a file the graph reached
+    /// through a lesser window is no longer ranked below where it belongs. Off by default
+    /// (see the README for what it changes and costs).
     pub rescore_files: bool,
+    /// With `rescore_files`: also rescore the files whose file vector (the mean of their
+    /// windows) is among the `file_candidates` nearest to the query, found in the file
+    /// shard's own graph (0: none). A second view that reaches files the window graph
+    /// walked past.
+    pub file_candidates: usize,
     /// `ef` (beam width) of HNSW search without a user filter (qdrant's default when
     /// `None`: the index's `ef_construct`, 100).
     pub hnsw_ef: Option<usize>,
@@ -53,6 +58,18 @@ pub struct IndexConfig {
     /// Size in KiB above which `optimize()` builds an HNSW index for a segment (qdrant's
     /// default, 10 000 KiB, i.e. ~5 000 512-d vectors, when `None`). Below it, search is exact.
     pub indexing_threshold_kb: Option<usize>,
+    /// Read the store's segment files into the OS page cache on a background thread after
+    /// opening (and reopening) it, so that the first searches do not wait for the disk (see
+    /// [`crate::EdgeIndex::preload`]). On by default; off for stores larger than the RAM
+    /// one wants to give them.
+    pub preload: bool,
+    /// How many segments `optimize` aims at per shard (qdrant's default when `None`: one per
+    /// two CPUs, at least 2). A search walks every segment's graph in turn, so fewer
+    /// segments answer faster.
+    pub segment_number: Option<usize>,
+    /// Largest segment, in KiB of vectors, that `optimize` builds by merging (qdrant's
+    /// default when `None`: 256 000 per indexing thread).
+    pub max_segment_kb: Option<usize>,
     /// Size of one write-ahead-log file of a new store (qdrant's default is 32 MiB).
     /// qdrant-edge 0.7.2 never truncates its WAL, and maps every file of it into memory;
     /// [`crate::EdgeIndex::compact_wal`] (run by `optimize`) and opening a store drop all
@@ -70,6 +87,7 @@ impl IndexConfig {
             max_candidates: 4096,
             max_rounds: 8,
             rescore_files: false,
+            file_candidates: 0,
             hnsw_ef: None,
             filtered_hnsw_ef: 400,
             hnsw_m: 16,
@@ -78,6 +96,9 @@ impl IndexConfig {
             rescore_oversampling: 2.0,
             filter_links: false,
             indexing_threshold_kb: None,
+            preload: true,
+            segment_number: None,
+            max_segment_kb: None,
             wal_segment_bytes: 8 * 1024 * 1024,
         }
     }

@@ -418,8 +418,9 @@ async fn optimize_drops_old_wal_files_while_searches_run() {
     later_writes_apply(config, index).await;
 }
 
-/// The whole suite again with int8 quantization and exact rescoring of the files found:
-/// the options change how candidates are found, never what a search means.
+/// The whole suite again with int8 quantization and exact rescoring of the files found,
+/// file-vector candidates included: the options change how candidates are found, never
+/// what a search means.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_suite_with_int8_and_file_rescoring() {
     struct EdgeInt8;
@@ -430,6 +431,7 @@ async fn conformance_suite_with_int8_and_file_rescoring() {
                 let mut config = IndexConfig::new(dir.path().join("index"), DIM);
                 config.int8 = true;
                 config.rescore_files = true;
+                config.file_candidates = 8;
                 Fresh {
                     index: Arc::new(EdgeIndex::open(config).expect("open index")),
                     keep: Some(dir),
@@ -494,4 +496,54 @@ async fn int8_search_after_optimize_rescores_with_the_original_vectors() {
             want[0].best_window.as_ref().map(|w| w.index)
         );
     }
+}
+
+/// `preload` reads every segment file of both shards (what a search may touch), and the
+/// background preload of `open` does not keep a dropped store open: it holds the path only.
+#[tokio::test]
+async fn preload_reads_the_segments_and_never_holds_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = IndexConfig::new(dir.path().join("index"), DIM);
+    let index = EdgeIndex::open(config.clone()).unwrap();
+    let mut random = random_unit_vectors(11);
+    let files: Vec<FileVectors> = (0u128..50)
+        .map(|i| file(i, (0..4).map(|_| random()).collect()))
+        .collect();
+    index.upsert_files(files).await.unwrap();
+    index.flush().await.unwrap();
+
+    let bytes = index.preload();
+    // At least the vectors themselves: 250 points of DIM f32s.
+    assert!(bytes >= (250 * DIM * 4) as u64, "preloaded {bytes} bytes");
+    let segment_files: u64 = ["windows", "files"]
+        .iter()
+        .map(|shard| file_lengths(&dir.path().join("index").join(shard).join("segments")))
+        .sum();
+    assert_eq!(
+        bytes, segment_files,
+        "every byte of every segment file, once"
+    );
+
+    // Reopening at once works while a background preload may still be reading.
+    drop(index);
+    for _ in 0..5 {
+        drop(EdgeIndex::open(config.clone()).expect("reopen right after a drop"));
+    }
+    let again = EdgeIndex::open(config).expect("reopen right after a drop");
+    assert_eq!(again.count().await.unwrap().windows, 200);
+}
+
+fn file_lengths(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => file_lengths(&e.path()),
+                    Ok(_) => e.metadata().map_or(0, |m| m.len()),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
