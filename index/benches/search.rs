@@ -12,7 +12,7 @@
 //! cargo bench -p traum-index --bench search -- --sizes 1000000 --clustered \
 //!     --backends edge-int8 --efs 100,200,300 --oversamples 4,10 --reuse /var/tmp/traum-bench
 //! # also: --ef N  --filtered-ef N  --rescore X  --rescore-files on|off|both
-//! #       --file-candidates 0,30 (with file rescoring: files found by their file vector)
+//! #       --file-candidates 0,20 (files found by their file vector, scored exactly)
 //! #       --m N  --ef-construct N  --filter-links
 //! ```
 //!
@@ -75,13 +75,10 @@ struct Args {
     rescore: f64,
     /// Edge: exact rescoring of the files found, off and/or on (one row each).
     rescore_files: Vec<bool>,
-    /// Edge, with file rescoring: file-vector candidates to add, one row each.
+    /// Edge: file-vector candidates to add, one row each.
     file_candidates: Vec<usize>,
     filtered_ef: Option<usize>,
     filter_links: bool,
-    /// Edge: segments `optimize` aims at, and the largest it merges (KiB); build settings.
-    segment_number: Option<usize>,
-    max_segment_kb: Option<usize>,
     clustered: bool,
     backends: Vec<Backend>,
     qdrant_url: Option<String>,
@@ -141,8 +138,6 @@ fn parse_args() -> Args {
         file_candidates: vec![IndexConfig::new("", DIM).file_candidates],
         filtered_ef: None,
         filter_links: false,
-        segment_number: None,
-        max_segment_kb: None,
         clustered: false,
         backends: vec![Backend::Edge { int8: false }],
         qdrant_url: std::env::var("TRAUM_TEST_QDRANT_URL").ok(),
@@ -196,21 +191,6 @@ fn parse_args() -> Args {
                 )
             }
             "--filter-links" => args.filter_links = true,
-            "--segments" => {
-                args.segment_number = Some(
-                    it.next()
-                        .and_then(|s| s.parse().ok())
-                        .expect("--segments N"),
-                )
-            }
-            "--max-segment-mb" => {
-                args.max_segment_kb = Some(
-                    it.next()
-                        .and_then(|s| s.parse::<usize>().ok())
-                        .expect("--max-segment-mb N")
-                        * 1024,
-                )
-            }
             "--clustered" => args.clustered = true,
             "--backends" => {
                 let list = it
@@ -517,7 +497,7 @@ struct SearchSettings {
     oversample: usize,
     /// Edge: exact rescoring of the files found.
     rescore_files: bool,
-    /// Edge, with `rescore_files`: file-vector candidates added.
+    /// Edge: file-vector candidates added.
     file_candidates: usize,
 }
 
@@ -560,16 +540,12 @@ struct Place {
 
 fn place(backend: Backend, n_windows: usize, root: &Path, args: &Args) -> Place {
     let name = format!(
-        "{}-{}-{n_windows}-m{}-efc{}{}{}{}",
+        "{}-{}-{n_windows}-m{}-efc{}{}",
         backend.name(),
         args.data_name(),
         args.m,
         args.ef_construct,
         if args.filter_links { "-links" } else { "" },
-        args.segment_number
-            .map_or(String::new(), |n| format!("-seg{n}")),
-        args.max_segment_kb
-            .map_or(String::new(), |kb| format!("-max{}mb", kb / 1024)),
     );
     match &args.reuse {
         Some(keep) => {
@@ -625,8 +601,6 @@ async fn open(backend: Backend, place: &Place, args: &Args, settings: SearchSett
             config.filter_links = args.filter_links;
             // Preloaded explicitly before each search run (see `search_one_build`).
             config.preload = false;
-            config.segment_number = args.segment_number;
-            config.max_segment_kb = args.max_segment_kb;
             config.int8 = int8;
             config.rescore_oversampling = args.rescore;
             config.hnsw_ef = settings.ef;
@@ -795,13 +769,7 @@ async fn bench_size(
     let all_settings = args.efs.iter().flat_map(|&ef| {
         args.oversamples.iter().flat_map(move |&oversample| {
             args.rescore_files.iter().flat_map(move |&rescore_files| {
-                // File candidates only count with file rescoring.
-                let candidates = if rescore_files {
-                    args.file_candidates.as_slice()
-                } else {
-                    &[0]
-                };
-                candidates
+                args.file_candidates
                     .iter()
                     .map(move |&file_candidates| SearchSettings {
                         ef,
@@ -1019,13 +987,13 @@ fn main() {
     }
     println!();
     println!(
-        "| backend | windows | ef | oversample | rescore files | HNSW p50 / p95 | + format filter | \
-         + duration filter | recall@1 | recall@10 (none / format / duration) |"
+        "| backend | windows | ef | oversample | rescore files | file candidates | HNSW p50 / p95 | \
+         + format filter | + duration filter | recall@1 | recall@10 (none / format / duration) |"
     );
-    println!("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
     for r in &searches {
         println!(
-            "| {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {:.2} | {:.2} / {:.2} / {:.2} |",
+            "| {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} | {:.2} | {:.2} / {:.2} / {:.2} |",
             r.backend.name(),
             r.windows,
             r.settings.ef.map_or("default".into(), |ef| ef.to_string()),
@@ -1034,10 +1002,12 @@ fn main() {
                 Backend::Qdrant { .. } => "(group-by)".into(),
             },
             match r.backend {
-                Backend::Edge { .. } if r.settings.file_candidates > 0 =>
-                    format!("on, + {} files", r.settings.file_candidates),
-                Backend::Edge { .. } if r.settings.rescore_files => "on".into(),
-                Backend::Edge { .. } => "off".into(),
+                Backend::Edge { .. } if r.settings.rescore_files => "on",
+                Backend::Edge { .. } => "off",
+                Backend::Qdrant { .. } => "–",
+            },
+            match r.backend {
+                Backend::Edge { .. } => r.settings.file_candidates.to_string(),
                 Backend::Qdrant { .. } => "–".into(),
             },
             ms(r.hnsw.p50),

@@ -27,10 +27,11 @@ pub struct IndexConfig {
     /// through a lesser window is no longer ranked below where it belongs. Off by default
     /// (see the README for what it changes and costs).
     pub rescore_files: bool,
-    /// With `rescore_files`: also rescore the files whose file vector (the mean of their
-    /// windows) is among the `file_candidates` nearest to the query, found in the file
-    /// shard's own graph (0: none). A second view that reaches files the window graph
-    /// walked past.
+    /// A second view: the `file_candidates` files whose file vector (the mean of their
+    /// windows) is nearest to the query, found in the file shard's own graph, join the
+    /// window graph's files; those it did not rank get their windows scored exactly (0:
+    /// off). It reaches files the window graph walked past, so a small window `ef`
+    /// suffices (see the README).
     pub file_candidates: usize,
     /// `ef` (beam width) of HNSW search without a user filter (qdrant's default when
     /// `None`: the index's `ef_construct`, 100).
@@ -63,13 +64,6 @@ pub struct IndexConfig {
     /// [`crate::EdgeIndex::preload`]). On by default; off for stores larger than the RAM
     /// one wants to give them.
     pub preload: bool,
-    /// How many segments `optimize` aims at per shard (qdrant's default when `None`: one per
-    /// two CPUs, at least 2). A search walks every segment's graph in turn, so fewer
-    /// segments answer faster.
-    pub segment_number: Option<usize>,
-    /// Largest segment, in KiB of vectors, that `optimize` builds by merging (qdrant's
-    /// default when `None`: 256 000 per indexing thread).
-    pub max_segment_kb: Option<usize>,
     /// Size of one write-ahead-log file of a new store (qdrant's default is 32 MiB).
     /// qdrant-edge 0.7.2 never truncates its WAL, and maps every file of it into memory;
     /// [`crate::EdgeIndex::compact_wal`] (run by `optimize`) and opening a store drop all
@@ -97,8 +91,6 @@ impl IndexConfig {
             filter_links: false,
             indexing_threshold_kb: None,
             preload: true,
-            segment_number: None,
-            max_segment_kb: None,
             wal_segment_bytes: 8 * 1024 * 1024,
         }
     }

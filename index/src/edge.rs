@@ -383,7 +383,7 @@ impl VectorIndex for EdgeIndex {
     }
 
     async fn optimize(&self) -> Result<()> {
-        self.blocking("optimize", |inner| inner.optimize()).await?;
+        let changed = self.blocking("optimize", |inner| inner.optimize()).await?;
         let index = self.clone();
         tokio::task::spawn_blocking(move || index.compact_wal())
             .await
@@ -392,7 +392,9 @@ impl VectorIndex for EdgeIndex {
                 message: e.to_string(),
             })??;
         // The new segments, unless the reopen already started this.
-        self.spawn_preload();
+        if changed {
+            self.spawn_preload();
+        }
         Ok(())
     }
 }
@@ -469,8 +471,10 @@ impl Inner {
         Ok(())
     }
 
-    fn optimize(&self) -> Result<()> {
+    /// Returns whether any segment changed.
+    fn optimize(&self) -> Result<bool> {
         let _writes = self.lock_writes();
+        let mut any = false;
         for (kind, shard) in [(Kind::Window, &self.windows), (Kind::File, &self.files)] {
             let started = std::time::Instant::now();
             let changed = shard
@@ -479,6 +483,7 @@ impl Inner {
             if changed {
                 shard.flush();
             }
+            any |= changed;
             tracing::info!(
                 shard = shard_dir(kind),
                 changed,
@@ -486,7 +491,7 @@ impl Inner {
                 "optimised vector index"
             );
         }
-        Ok(())
+        Ok(any)
     }
 
     fn search(&self, query: Vec<f32>, params: &SearchParams) -> Result<Vec<FileHit>> {
@@ -548,28 +553,61 @@ impl Inner {
             }
             oversample = oversample.saturating_mul(4);
         }
-        if self.config.rescore_files {
-            // The second view: files whose file vector is near the query, which reaches files
-            // the window graph walked past (their best window rescored like the others).
-            if self.config.file_candidates > 0 {
-                // Files without windows come back too; the rescoring skips them (they are
-                // ranked by their file vector below).
-                let files = self.query(
-                    Kind::File,
-                    &query,
-                    base.clone(),
-                    None,
-                    self.config.file_candidates,
-                    user_filter,
-                )?;
-                for point in &files {
-                    found.insert(parse_hit(Kind::File, point)?.file_id);
+        // The second view: files whose file vector (the mean of their windows) is near the
+        // query, found in the file shard's own graph. It reaches files the window graph
+        // walked past; their windows are scored exactly.
+        let mut file_view: Vec<(Uuid, Option<u32>)> = Vec::new();
+        if self.config.file_candidates > 0 {
+            let points = self.query(
+                Kind::File,
+                &query,
+                base.clone(),
+                None,
+                self.config.file_candidates,
+                user_filter,
+            )?;
+            for point in &points {
+                let file_id = parse_hit(Kind::File, point)?.file_id;
+                let count = point.payload.as_ref().and_then(|p| window_count(&p.0));
+                // Files without windows are ranked by their file vector below.
+                if count != Some(0) {
+                    file_view.push((file_id, count));
                 }
             }
-            if found.len() > 1 {
-                hits = self.rescore_files(&query, params, &found, hits)?;
+        }
+        let ranked: HashSet<Uuid> = hits.iter().map(|h| h.file_id).collect();
+        if self.config.rescore_files {
+            // Every file found, the graph's best first (a cap on windows cuts the others).
+            let mut files: Vec<(Uuid, Option<u32>)> =
+                hits.iter().map(|h| (h.file_id, None)).collect();
+            files.extend(
+                found
+                    .iter()
+                    .filter(|id| !ranked.contains(id))
+                    .map(|&id| (id, None)),
+            );
+            let mut listed: HashSet<Uuid> = files.iter().map(|f| f.0).collect();
+            files.extend(file_view.into_iter().filter(|f| listed.insert(f.0)));
+            if files.len() > 1 {
+                let (exact, scored) = self.exact_file_hits(&query, params, files)?;
+                // Files not scored (over the cap, or deleted meanwhile) keep their graph hit.
+                hits.retain(|h| !scored.contains(&h.file_id));
+                hits.extend(exact);
+            }
+        } else {
+            // Only the files the window graph did not rank: its scores of the others are
+            // their best windows already (exact rescoring of them changed no recall figure).
+            let files: Vec<_> = file_view
+                .into_iter()
+                .filter(|f| !ranked.contains(&f.0))
+                .collect();
+            if !files.is_empty() {
+                hits.extend(self.exact_file_hits(&query, params, files)?.0);
             }
         }
+        // Stable: on a tie the graph's order stays.
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(params.limit);
 
         // Files without windows, ranked by their file vector. The filter matches (next to)
         // no points, so qdrant answers from the payload index without walking the graph.
@@ -594,47 +632,38 @@ impl Inner {
         Ok(hits)
     }
 
-    /// The files in `found` ranked by their best window, scored exactly: their window
-    /// vectors are read by point id (a file point says how many windows it has) and scored
-    /// here, without a filtered search. Files beyond `max_candidates` windows in all, and
-    /// files deleted meanwhile, keep their graph hit (the latter only if they had one).
-    fn rescore_files(
+    /// The best `limit` of `files` by their best window, scored exactly, and the files that
+    /// were scored. A file's window count comes with it or from its file point; its window
+    /// point ids follow from that. Files beyond `max_candidates` windows in all, and files
+    /// deleted meanwhile, are not scored.
+    fn exact_file_hits(
         &self,
         query: &[f32],
         params: &SearchParams,
-        found: &HashSet<Uuid>,
-        graph_hits: Vec<FileHit>,
-    ) -> Result<Vec<FileHit>> {
-        // The graph's files first, so that a cap on windows cuts the others.
-        let mut files: Vec<Uuid> = graph_hits.iter().map(|h| h.file_id).collect();
-        files.extend(
-            found
-                .iter()
-                .filter(|id| !graph_hits.iter().any(|h| h.file_id == **id)),
-        );
-        let file_points: Vec<PointId> = files
+        files: Vec<(Uuid, Option<u32>)>,
+    ) -> Result<(Vec<FileHit>, HashSet<Uuid>)> {
+        let unknown: Vec<PointId> = files
             .iter()
-            .map(|&id| PointId::Uuid(point_id::file(id)))
+            .filter(|f| f.1.is_none())
+            .map(|f| PointId::Uuid(point_id::file(f.0)))
             .collect();
-        let records = self
-            .files
-            .retrieve(
-                &file_points,
-                Some(WithPayloadInterface::Fields(vec![key(
-                    schema::WINDOW_COUNT,
-                )])),
-                Some(WithVector::Bool(false)),
-            )
-            .map_err(|e| IndexError::backend("retrieve", e))?;
-        let mut window_counts: HashMap<Uuid, u32> = HashMap::with_capacity(records.len());
-        for record in &records {
-            if let (PointId::Uuid(id), Some(payload)) = (record.id, record.payload.as_ref()) {
-                let count = payload
-                    .0
-                    .get(schema::WINDOW_COUNT)
-                    .and_then(|v| v.as_u64())
-                    .and_then(|n| u32::try_from(n).ok());
-                if let Some(count) = count {
+        let mut window_counts: HashMap<Uuid, u32> = HashMap::with_capacity(unknown.len());
+        if !unknown.is_empty() {
+            let records = self
+                .files
+                .retrieve(
+                    &unknown,
+                    Some(WithPayloadInterface::Fields(vec![key(
+                        schema::WINDOW_COUNT,
+                    )])),
+                    Some(WithVector::Bool(false)),
+                )
+                .map_err(|e| IndexError::backend("retrieve", e))?;
+            for record in &records {
+                if let (PointId::Uuid(id), Some(count)) = (
+                    record.id,
+                    record.payload.as_ref().and_then(|p| window_count(&p.0)),
+                ) {
                     window_counts.insert(id, count);
                 }
             }
@@ -642,8 +671,9 @@ impl Inner {
         // Window point id → (file, window index), within the cap.
         let mut windows: HashMap<Uuid, (Uuid, u32)> = HashMap::new();
         let mut rescored: HashSet<Uuid> = HashSet::new();
-        for &file in &files {
-            let Some(&count) = window_counts.get(&point_id::file(file)) else {
+        for &(file, count) in &files {
+            let Some(count) = count.or_else(|| window_counts.get(&point_id::file(file)).copied())
+            else {
                 continue;
             };
             if count == 0 || windows.len() + count as usize > self.config.max_candidates {
@@ -654,44 +684,56 @@ impl Inner {
                 windows.insert(point_id::window(file, index), (file, index));
             }
         }
-        let ids: Vec<PointId> = windows.keys().map(|&id| PointId::Uuid(id)).collect();
-        let records = self
+        // qdrant scores exactly these points (few: no graph walk, original vectors), in
+        // score order; the first hit of a file is its best window.
+        let limit = windows.len();
+        let has_id = Condition::HasId(windows.keys().map(|&id| PointId::Uuid(id)).collect());
+        let points = self
             .windows
-            .retrieve(
-                &ids,
-                Some(WithPayloadInterface::Bool(false)),
-                Some(WithVector::Bool(true)),
-            )
-            .map_err(|e| IndexError::backend("retrieve", e))?;
-
-        // Stored vectors are normalised (cosine); so is the query here.
-        let norm = query.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let query: Vec<f32> = query
-            .iter()
-            .map(|x| x / norm.max(f32::MIN_POSITIVE))
-            .collect();
-        let mut best: HashMap<Uuid, (f32, Uuid)> = HashMap::with_capacity(rescored.len());
-        for record in &records {
-            let PointId::Uuid(id) = record.id else {
+            .query(QueryRequest {
+                prefetches: Vec::new(),
+                query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+                    query: VectorInternal::from(query.to_vec()),
+                    using: None,
+                }))),
+                filter: Some(Filter {
+                    should: None,
+                    min_should: None,
+                    must: Some(vec![has_id]),
+                    must_not: None,
+                }),
+                score_threshold: params.score_threshold.map(OrderedFloat),
+                limit,
+                offset: 0,
+                params: Some(qdrant_edge::SearchParams {
+                    exact: true,
+                    quantization: Some(QuantizationSearchParams {
+                        ignore: true,
+                        rescore: None,
+                        oversampling: None,
+                    }),
+                    ..Default::default()
+                }),
+                with_vector: WithVector::Bool(false),
+                with_payload: WithPayloadInterface::Bool(false),
+            })
+            .map_err(|e| IndexError::backend("search", e))?;
+        // (score, file, best window), best first.
+        let mut ranked: Vec<(f32, Uuid, Uuid)> = Vec::with_capacity(params.limit);
+        let mut ranked_files = HashSet::new();
+        for point in &points {
+            let PointId::Uuid(id) = point.id else {
                 continue;
             };
-            let (Some(&(file, _)), Some(vector)) = (windows.get(&id), dense(&record.vector)) else {
-                continue;
-            };
-            let score = dot(&query, vector);
-            let entry = best.entry(file).or_insert((f32::NEG_INFINITY, id));
-            if score > entry.0 {
-                *entry = (score, id);
+            if let Some(&(file, _)) = windows.get(&id) {
+                if ranked_files.insert(file) {
+                    ranked.push((point.score, file, id));
+                    if ranked.len() == params.limit {
+                        break;
+                    }
+                }
             }
         }
-        let threshold = params.score_threshold.unwrap_or(f32::NEG_INFINITY);
-        let mut ranked: Vec<(f32, Uuid, Uuid)> = best
-            .into_iter()
-            .filter(|(_, (score, _))| *score >= threshold)
-            .map(|(file, (score, window))| (score, file, window))
-            .collect();
-        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        ranked.truncate(params.limit);
 
         // The best windows' places (start, end) from their payload.
         let best_ids: Vec<PointId> = ranked.iter().map(|r| PointId::Uuid(r.2)).collect();
@@ -716,15 +758,7 @@ impl Inner {
                 hits.push(schema::parse_hit(Kind::Window, &id, &payload.0, score)?);
             }
         }
-        // Files not rescored keep their graph hit, in score order among the others.
-        hits.extend(
-            graph_hits
-                .into_iter()
-                .filter(|h| !rescored.contains(&h.file_id)),
-        );
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
-        hits.truncate(params.limit);
-        Ok(hits)
+        Ok((hits, rescored))
     }
 
     fn query(
@@ -825,6 +859,14 @@ impl Inner {
             windows: count(&self.windows)?,
         })
     }
+}
+
+/// The `window_count` of a file point's payload.
+fn window_count(payload: &serde_json::Map<String, serde_json::Value>) -> Option<u32> {
+    payload
+        .get(schema::WINDOW_COUNT)
+        .and_then(|v| v.as_u64())
+        .and_then(|n| u32::try_from(n).ok())
 }
 
 /// [`EdgeIndex::preload`] of the store at `path`.
@@ -957,8 +999,6 @@ fn closed_wal_files(dir: &Path) -> Vec<PathBuf> {
 fn optimizers_config(config: &IndexConfig, current: EdgeOptimizersConfig) -> EdgeOptimizersConfig {
     EdgeOptimizersConfig {
         indexing_threshold: config.indexing_threshold_kb.or(current.indexing_threshold),
-        default_segment_number: config.segment_number.or(current.default_segment_number),
-        max_segment_size: config.max_segment_kb.or(current.max_segment_size),
         ..current
     }
 }
@@ -1173,34 +1213,4 @@ fn parse_hit(kind: Kind, point: &ScoredPoint) -> Result<FileHit> {
         });
     };
     schema::parse_hit(kind, &point.id, &payload.0, point.score)
-}
-
-/// The dense vector of a retrieved point, if it has one.
-fn dense(vector: &Option<VectorStructInternal>) -> Option<&[f32]> {
-    match vector.as_ref()? {
-        VectorStructInternal::Single(v) => Some(v),
-        VectorStructInternal::Named(named) => match named.get(DEFAULT_VECTOR_NAME)? {
-            VectorInternal::Dense(v) => Some(v),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// Dot product in eight lanes, which the compiler turns into SIMD.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }

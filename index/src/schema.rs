@@ -49,7 +49,8 @@ impl Kind {
     pub(crate) fn hit_fields(self) -> &'static [&'static str] {
         match self {
             Kind::Window => &[FILE_ID, WINDOW_INDEX, START_S, END_S],
-            Kind::File => &[FILE_ID],
+            // The window count tells the edge store's exact rescoring a file's window ids.
+            Kind::File => &[FILE_ID, WINDOW_COUNT],
         }
     }
 

@@ -442,6 +442,28 @@ async fn conformance_suite_with_int8_and_file_rescoring() {
     run_all(Arc::new(EdgeInt8)).await;
 }
 
+/// The whole suite again with file-vector candidates alone (no full rescoring): files the
+/// window graph did not rank are scored exactly and merged in, never changing what a search
+/// means.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite_with_file_candidates() {
+    struct EdgeFileView;
+    impl Backend for EdgeFileView {
+        fn fresh(&self, _case: &'static str) -> FreshFuture<'_> {
+            Box::pin(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut config = IndexConfig::new(dir.path().join("index"), DIM);
+                config.file_candidates = 8;
+                Fresh {
+                    index: Arc::new(EdgeIndex::open(config).expect("open index")),
+                    keep: Some(dir),
+                }
+            })
+        }
+    }
+    run_all(Arc::new(EdgeFileView)).await;
+}
+
 /// An int8 store, optimised (graph and quantized vectors built), answers like an exact f32
 /// store: the same best file, with the original vectors' score (int8 scores are off by
 /// ~1e-2 on these vectors; rescoring makes them exact to f32 rounding).
@@ -546,4 +568,52 @@ fn file_lengths(dir: &std::path::Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// File candidates reach files the window search left out: with one round of `limit`
+/// window hits, file A's five near windows crowd out B and C; the file view finds them by
+/// their file vectors and scores their windows exactly (best window and score included).
+#[tokio::test]
+async fn file_candidates_reach_files_the_window_search_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = IndexConfig::new(dir.path().join("index"), DIM);
+    config.oversample = 1;
+    config.max_rounds = 1;
+    let query = axis(0);
+    let a = file(0xA, (1..6).map(|k| mix(&[(0, 8.0), (k, 1.0)])).collect());
+    // B's best window is its second; C's its first.
+    let b = file(
+        0xB,
+        vec![mix(&[(0, 1.0), (7, 2.0)]), mix(&[(0, 3.0), (8, 1.0)])],
+    );
+    let c = file(
+        0xC,
+        vec![mix(&[(0, 2.0), (9, 1.0)]), mix(&[(0, 1.0), (10, 3.0)])],
+    );
+    let unrelated = file(0xD, vec![axis(11), axis(12)]);
+    let files = [a, b.clone(), c.clone(), unrelated];
+
+    let window_view = EdgeIndex::open(config.clone()).unwrap();
+    window_view.upsert_files(files.to_vec()).await.unwrap();
+    let hits = window_view
+        .search(&query, SearchParams::with_limit(3))
+        .await
+        .unwrap();
+    assert_eq!(ids(&hits), vec![0xA], "one round of 3 window hits: all A's");
+    drop(window_view);
+
+    config.file_candidates = 3;
+    let both_views = EdgeIndex::open(config).unwrap();
+    let hits = both_views
+        .search(&query, SearchParams::with_limit(3))
+        .await
+        .unwrap();
+    assert_eq!(ids(&hits), vec![0xA, 0xB, 0xC]);
+    let cosine = |v: &[f32]| v.iter().zip(&query).map(|(x, y)| x * y).sum::<f32>();
+    for (hit, (f, best)) in hits[1..].iter().zip([(&b, 1), (&c, 0)]) {
+        let window = hit.best_window.as_ref().expect("a best window");
+        assert_eq!(window.index, best);
+        assert_eq!(window.start_s, 10.0 * best as f64);
+        assert!((hit.score - cosine(&f.windows[best as usize].vector)).abs() < 1e-4);
+    }
 }
