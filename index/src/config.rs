@@ -49,7 +49,7 @@ pub struct IndexConfig {
     /// it was made with.
     pub int8: bool,
     /// With `int8`: how many times the asked-for hits the quantized search preselects
-    /// before rescoring.
+    /// before rescoring (1.5: at 1M windows, ef 200, the same recall as 2 and ~0.4 ms less).
     pub rescore_oversampling: f64,
     /// Whether `optimize` also builds qdrant's payload-aware HNSW links for the filterable
     /// fields (format, duration, creation time). Off by default: they tripled the HNSW build
@@ -87,7 +87,7 @@ impl IndexConfig {
             hnsw_m: 16,
             hnsw_ef_construct: 100,
             int8: false,
-            rescore_oversampling: 2.0,
+            rescore_oversampling: 1.5,
             filter_links: false,
             indexing_threshold_kb: None,
             preload: true,

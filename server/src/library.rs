@@ -58,6 +58,20 @@ pub struct LibraryConfig {
     pub index_maintenance: Option<IndexMaintenance>,
     /// Where the vectors live.
     pub vector_store: VectorStore,
+    /// Search and quantization settings of the in-process store (`VectorStore::Edge`).
+    pub edge_index: EdgeIndexSettings,
+}
+
+/// Settings of the in-process store the command line can change (see `traum-index`'s
+/// `IndexConfig` and its README for what each costs and buys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EdgeIndexSettings {
+    /// Int8 scalar quantization with rescoring, for a new store.
+    pub int8: bool,
+    /// HNSW `ef` of unfiltered searches; none: the index's default.
+    pub hnsw_ef: Option<usize>,
+    /// Files found by their file vector whose windows are scored exactly (0: off).
+    pub file_candidates: usize,
 }
 
 /// Where the library's vectors live.
@@ -87,6 +101,7 @@ impl LibraryConfig {
             max_concurrent_searches: 32,
             index_maintenance: Some(IndexMaintenance::default()),
             vector_store: VectorStore::Edge,
+            edge_index: EdgeIndexSettings::default(),
         }
     }
 }
@@ -187,7 +202,13 @@ impl Library {
         let dim = model.info().embedding_dim;
         let (index, index_kind): (Arc<dyn VectorIndex>, _) = match &config.vector_store {
             VectorStore::Edge => {
-                let index_config = IndexConfig::new(paths.index(), dim);
+                let mut index_config = IndexConfig::new(paths.index(), dim);
+                let settings = config.edge_index;
+                index_config.int8 = settings.int8;
+                if settings.hnsw_ef.is_some() {
+                    index_config.hnsw_ef = settings.hnsw_ef;
+                }
+                index_config.file_candidates = settings.file_candidates;
                 let index = tokio::task::spawn_blocking(move || EdgeIndex::open(index_config))
                     .await
                     .map_err(|e| OpenError::Other(e.to_string()))?

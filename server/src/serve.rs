@@ -15,7 +15,7 @@ use crate::cli::{
 };
 use crate::graphql::{build_schema, SchemaLimits};
 use crate::http::{router, HttpConfig};
-use crate::library::{Library, LibraryConfig, VectorStore};
+use crate::library::{EdgeIndexSettings, Library, LibraryConfig, VectorStore};
 use crate::pipeline::batcher::BatcherConfig;
 use crate::pipeline::maintenance::IndexMaintenance;
 
@@ -63,6 +63,16 @@ pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryCo
         }
     }
     config.vector_store = vector_store(&args.vectors)?;
+    if let Some(ef) = args.vectors.index_search_ef {
+        if !(1..=10_000).contains(&ef) {
+            bail!("--index-search-ef must be between 1 and 10000, got {ef}");
+        }
+    }
+    config.edge_index = EdgeIndexSettings {
+        int8: args.vectors.index_quantization == Quantization::Int8,
+        hnsw_ef: args.vectors.index_search_ef,
+        file_candidates: args.vectors.index_file_candidates.min(1_000),
+    };
     config.index_maintenance = (args.index_optimize_idle_s > 0.0).then(|| IndexMaintenance {
         idle: Duration::from_secs_f64(args.index_optimize_idle_s),
         max_delay: Duration::from_secs_f64(
