@@ -418,28 +418,36 @@ async fn optimize_drops_old_wal_files_while_searches_run() {
     later_writes_apply(config, index).await;
 }
 
+/// The edge backend with search options: each case's new store gets `adjust` applied to
+/// its config.
+struct EdgeWith(fn(&mut IndexConfig));
+
+impl Backend for EdgeWith {
+    fn fresh(&self, _case: &'static str) -> FreshFuture<'_> {
+        let adjust = self.0;
+        Box::pin(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = IndexConfig::new(dir.path().join("index"), DIM);
+            adjust(&mut config);
+            Fresh {
+                index: Arc::new(EdgeIndex::open(config).expect("open index")),
+                keep: Some(dir),
+            }
+        })
+    }
+}
+
 /// The whole suite again with int8 quantization and exact rescoring of the files found,
 /// file-vector candidates included: the options change how candidates are found, never
 /// what a search means.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_suite_with_int8_and_file_rescoring() {
-    struct EdgeInt8;
-    impl Backend for EdgeInt8 {
-        fn fresh(&self, _case: &'static str) -> FreshFuture<'_> {
-            Box::pin(async {
-                let dir = tempfile::tempdir().unwrap();
-                let mut config = IndexConfig::new(dir.path().join("index"), DIM);
-                config.int8 = true;
-                config.rescore_files = true;
-                config.file_candidates = 8;
-                Fresh {
-                    index: Arc::new(EdgeIndex::open(config).expect("open index")),
-                    keep: Some(dir),
-                }
-            })
-        }
-    }
-    run_all(Arc::new(EdgeInt8)).await;
+    run_all(Arc::new(EdgeWith(|config| {
+        config.int8 = true;
+        config.rescore_files = true;
+        config.file_candidates = 8;
+    })))
+    .await;
 }
 
 /// The whole suite again with file-vector candidates alone (no full rescoring): files the
@@ -447,21 +455,7 @@ async fn conformance_suite_with_int8_and_file_rescoring() {
 /// means.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_suite_with_file_candidates() {
-    struct EdgeFileView;
-    impl Backend for EdgeFileView {
-        fn fresh(&self, _case: &'static str) -> FreshFuture<'_> {
-            Box::pin(async {
-                let dir = tempfile::tempdir().unwrap();
-                let mut config = IndexConfig::new(dir.path().join("index"), DIM);
-                config.file_candidates = 8;
-                Fresh {
-                    index: Arc::new(EdgeIndex::open(config).expect("open index")),
-                    keep: Some(dir),
-                }
-            })
-        }
-    }
-    run_all(Arc::new(EdgeFileView)).await;
+    run_all(Arc::new(EdgeWith(|config| config.file_candidates = 8))).await;
 }
 
 /// An int8 store, optimised (graph and quantized vectors built), answers like an exact f32
