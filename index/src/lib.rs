@@ -51,6 +51,15 @@
 //! result is shorter than `limit` (never mis-ordered). Each round finds at least one new
 //! file, so at least `min(limit, max_rounds)` files come back when that many match.
 //!
+//! Two options widen what the window graph found. With [`IndexConfig::file_candidates`]
+//! the nearest files by file vector (the file shard's own, ten times smaller graph) join
+//! in, and those the window graph did not rank get every window scored exactly: one query
+//! over their window point ids, which follow from each file's `window_count`. With
+//! [`IndexConfig::rescore_files`] every file found is scored that way. Either can only
+//! add files with their true best window or correct a file's score upwards; on clustered
+//! data, recall@10 at 1M windows was 0.62 with the window graph alone at `ef` 50 and
+//! 0.96 at `ef` 40 with 20 file candidates (see the README for what they cost).
+//!
 //! # Durability
 //!
 //! With [`IndexConfig::flush_on_write`] (the default) every write is flushed before it
