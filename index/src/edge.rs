@@ -668,8 +668,8 @@ impl Inner {
                 }
             }
         }
-        // Window point id → (file, window index), within the cap.
-        let mut windows: HashMap<Uuid, (Uuid, u32)> = HashMap::new();
+        // Window point id → its file, within the cap.
+        let mut windows: HashMap<Uuid, Uuid> = HashMap::new();
         let mut rescored: HashSet<Uuid> = HashSet::new();
         for &(file, count) in &files {
             let Some(count) = count.or_else(|| window_counts.get(&point_id::file(file)).copied())
@@ -681,7 +681,7 @@ impl Inner {
             }
             rescored.insert(file);
             for index in 0..count {
-                windows.insert(point_id::window(file, index), (file, index));
+                windows.insert(point_id::window(file, index), file);
             }
         }
         // qdrant scores exactly these points (few: no graph walk, original vectors), in
@@ -725,7 +725,7 @@ impl Inner {
             let PointId::Uuid(id) = point.id else {
                 continue;
             };
-            if let Some(&(file, _)) = windows.get(&id) {
+            if let Some(&file) = windows.get(&id) {
                 if ranked_files.insert(file) {
                     ranked.push((point.score, file, id));
                     if ranked.len() == params.limit {
@@ -890,25 +890,17 @@ fn preload(path: &Path) -> u64 {
 /// what cannot be read (a file an optimisation just removed) is skipped.
 fn read_tree(dir: &Path, buffer: &mut [u8]) -> u64 {
     use std::io::Read;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut total = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => total += read_tree(&path, buffer),
-            Ok(t) if t.is_file() => {
-                if let Ok(mut file) = std::fs::File::open(&path) {
-                    while let Ok(n @ 1..) = file.read(buffer) {
-                        total += n as u64;
-                    }
+    sum_over_files(dir, &mut |path, meta| {
+        let mut total = 0;
+        if meta.is_file() {
+            if let Ok(mut file) = std::fs::File::open(path) {
+                while let Ok(n @ 1..) = file.read(buffer) {
+                    total += n as u64;
                 }
             }
-            _ => {}
         }
-    }
-    total
+        total
+    })
 }
 
 /// Disk blocks allocated under `dir` (files are sparse, so their lengths would overstate it);
@@ -923,14 +915,20 @@ pub fn allocated_bytes(dir: &Path) -> u64 {
     fn allocated(m: &std::fs::Metadata) -> u64 {
         m.len()
     }
+    sum_over_files(dir, &mut |_, meta| allocated(meta))
+}
+
+/// The sum of `f` over every entry under `dir` that is not a directory (recursively, links
+/// not followed); entries that cannot be read count 0.
+fn sum_over_files(dir: &Path, f: &mut dyn FnMut(&Path, &std::fs::Metadata) -> u64) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     entries
         .flatten()
         .map(|entry| match entry.metadata() {
-            Ok(m) if m.is_dir() => allocated_bytes(&entry.path()),
-            Ok(m) => allocated(&m),
+            Ok(m) if m.is_dir() => sum_over_files(&entry.path(), f),
+            Ok(m) => f(&entry.path(), &m),
             Err(_) => 0,
         })
         .sum()
