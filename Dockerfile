@@ -2,14 +2,14 @@
 # (or docker compose build)
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-RUN apt-get update && apt-get install -y --no-install-recommends npm \
+RUN apt-get update && apt-get install -y --no-install-recommends npm libopus-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN bash scripts/setup-web.sh && bash client/build.sh
 RUN cargo build --release -p traum-server --bin traum
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libopus0 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/traum /usr/local/bin/traum
 COPY --from=build /src/client/dist /opt/traum/client

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what building the web client needs, once:
+# Installs what building the server and the web client needs, once:
+#   - libopus (Debian's libopus-dev: the Opus decoder links it)
 #   - the wasm32-unknown-unknown target (rustup)
 #   - wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock
 #   - GraphiQL's pinned npm packages (server/graphiql, from its package-lock.json), which
@@ -10,6 +11,24 @@
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+sudo_cmd=""
+[ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+apt_install() {
+  $sudo_cmd apt-get install -y --no-install-recommends "$@" \
+    || { $sudo_cmd apt-get update && $sudo_cmd apt-get install -y --no-install-recommends "$@"; }
+}
+
+if ! pkg-config --exists opus 2>/dev/null && [ ! -e /usr/lib/x86_64-linux-gnu/libopus.so ] \
+  && [ ! -e /usr/lib/aarch64-linux-gnu/libopus.so ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "installing libopus-dev (the Opus decoder links libopus)"
+    apt_install libopus-dev pkg-config
+  else
+    echo "install libopus with its development files (libopus-dev, opus-devel, brew install opus)" >&2
+    exit 1
+  fi
+fi
 
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
@@ -35,10 +54,7 @@ fi
 
 if ! command -v chromium >/dev/null 2>&1 && [ -z "${CHROMIUM:-}" ]; then
   if command -v apt-get >/dev/null 2>&1; then
-    sudo_cmd=""
-    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-    $sudo_cmd apt-get install -y --no-install-recommends chromium \
-      || { $sudo_cmd apt-get update && $sudo_cmd apt-get install -y --no-install-recommends chromium; }
+    apt_install chromium
   else
     echo "install Chromium (or set CHROMIUM=/path/to/chrome) for the browser test" >&2
   fi

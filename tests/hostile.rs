@@ -220,6 +220,37 @@ async fn bad_audio_fails_alone_and_good_audio_reports_its_real_length() {
             Ok(4.0),
         ),
         ("adts.aac".into(), fixture("tone_440_mono_22k.aac"), Ok(1.5)),
+        // What sample packs and collections hold: AIFF(-C), ADPCM WAV, ALAC, Opus.
+        (
+            "kick.aif".into(),
+            fixture("tone_1k_stereo_44k.aiff"),
+            Ok(0.5),
+        ),
+        (
+            "pad.aifc".into(),
+            fixture("tone_440_mono_22k.aifc"),
+            Ok(0.5),
+        ),
+        (
+            "old-sampler.wav".into(),
+            fixture("tone_440_mono_22k_ima_adpcm.wav"),
+            Ok(1.0),
+        ),
+        (
+            "ms-adpcm.wav".into(),
+            fixture("tone_1k_stereo_44k_ms_adpcm.wav"),
+            Ok(1.0),
+        ),
+        (
+            "lossless.m4a".into(),
+            fixture("tone_1k_stereo_44k_alac.m4a"),
+            Ok(1.0),
+        ),
+        (
+            "voice.opus".into(),
+            fixture("tone_440_mono_16k.opus"),
+            Ok(1.5),
+        ),
         (
             "speex.ogg".into(),
             fixture("unsupported_speex.ogg"),

@@ -4,10 +4,11 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use symphonia::core::audio::{AudioBuffer, AudioBufferRef, Signal};
 use symphonia::core::codecs::{
-    CodecParameters, CodecType, Decoder, DecoderOptions, CODEC_TYPE_NULL,
+    CodecParameters, CodecRegistry, CodecType, Decoder, DecoderOptions, CODEC_TYPE_NULL,
 };
 use symphonia::core::conv::IntoSample;
 use symphonia::core::errors::Error as SymError;
@@ -779,12 +780,11 @@ fn check_wav_header(path: &Path, head: &[u8]) -> Result<bool> {
 }
 
 /// Names WAV format tags that symphonia (with our features) cannot decode; `None` if it can
-/// (PCM, IEEE float, A-law, µ-law, extensible — the last is checked by symphonia itself).
+/// (PCM, Microsoft ADPCM, IEEE float, A-law, µ-law, IMA ADPCM, extensible — the last is
+/// checked by symphonia itself).
 fn unsupported_wav_format(tag: u16) -> Option<&'static str> {
     Some(match tag {
-        0x0001 | 0x0003 | 0x0006 | 0x0007 | 0xfffe => return None,
-        0x0002 => "Microsoft ADPCM",
-        0x0011 => "IMA ADPCM",
+        0x0001 | 0x0002 | 0x0003 | 0x0006 | 0x0007 | 0x0011 | 0xfffe => return None,
         0x0031 => "GSM 6.10",
         0x0050 => "MPEG audio",
         0x0055 => "MP3",
@@ -880,33 +880,40 @@ fn make_decoder(
         container: container.to_string(),
         codec,
     };
-    if symphonia::default::get_codecs()
-        .get_codec(params.codec)
-        .is_none()
-    {
+    if codecs().get_codec(params.codec).is_none() {
         return Err(unsupported(codec_name(params.codec)));
     }
-    guarded(|| symphonia::default::get_codecs().make(params, &DecoderOptions::default())).map_err(
-        |e| match e {
-            SymError::Unsupported(what) => {
-                unsupported(format!("{} ({what})", codec_name(params.codec)))
-            }
-            other => AudioError::Corrupt {
-                path: path.to_path_buf(),
-                at_s: Some(0.0),
-                detail: format!(
-                    "could not set up the {} decoder ({other})",
-                    codec_name(params.codec)
-                ),
-            },
+    guarded(|| codecs().make(params, &DecoderOptions::default())).map_err(|e| match e {
+        SymError::Unsupported(what) => {
+            unsupported(format!("{} ({what})", codec_name(params.codec)))
+        }
+        other => AudioError::Corrupt {
+            path: path.to_path_buf(),
+            at_s: Some(0.0),
+            detail: format!(
+                "could not set up the {} decoder ({other})",
+                codec_name(params.codec)
+            ),
         },
-    )
+    })
+}
+
+/// Every codec we decode: symphonia's own (by the features enabled) and Opus through libopus,
+/// which symphonia 0.5 does not decode itself.
+fn codecs() -> &'static CodecRegistry {
+    static CODECS: LazyLock<CodecRegistry> = LazyLock::new(|| {
+        let mut registry = CodecRegistry::new();
+        symphonia::default::register_enabled_codecs(&mut registry);
+        registry.register_all::<symphonia_adapter_libopus::OpusDecoder>();
+        registry
+    });
+    &CODECS
 }
 
 /// Human name of a codec: symphonia's short name if it can decode it, else a known name.
 fn codec_name(codec: CodecType) -> String {
     use symphonia::core::codecs::*;
-    if let Some(desc) = symphonia::default::get_codecs().get_codec(codec) {
+    if let Some(desc) = codecs().get_codec(codec) {
         return desc.short_name.to_string();
     }
     let name = match codec {

@@ -4,7 +4,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Formats this crate can read, as quoted in error messages.
-pub const SUPPORTED_FORMATS: &str = "wav, flac, mp3, ogg/vorbis, m4a/aac, aac (adts)";
+pub const SUPPORTED_FORMATS: &str =
+    "wav (pcm, float, adpcm), aiff/aifc, flac, mp3, ogg (vorbis, opus, flac), m4a (aac, alac), aac (adts)";
 
 /// Everything that can go wrong between a path on disk and 48 kHz mono samples.
 ///

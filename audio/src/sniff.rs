@@ -26,15 +26,18 @@ pub const SNIFF_LEN: usize = 64 * 1024;
 /// anything else before storing it) and the decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Container {
-    /// RIFF/WAVE: PCM, IEEE float, A-law, µ-law.
+    /// RIFF/WAVE: PCM, IEEE float, A-law, µ-law, Microsoft and IMA ADPCM.
     Wav,
+    /// AIFF, and AIFF-C with uncompressed (big- or little-endian), float, A-law or µ-law samples.
+    Aiff,
     /// Native FLAC (possibly behind an ID3v2 tag).
     Flac,
     /// MPEG audio layer III (or I/II), raw or behind an ID3v2 tag.
     Mp3,
-    /// Ogg (Vorbis inside; other codecs are refused by the decoder with a codec error).
+    /// Ogg with Vorbis, Opus or FLAC inside (other codecs are refused by the decoder with a
+    /// codec error).
     Ogg,
-    /// ISO base media (MP4, M4A, M4B) with AAC inside.
+    /// ISO base media (MP4, M4A, M4B) with AAC or ALAC (Apple Lossless) inside.
     Mp4,
     /// Raw AAC in ADTS frames.
     Aac,
@@ -42,8 +45,9 @@ pub enum Container {
 
 impl Container {
     /// Every container, in the order messages list them.
-    pub const ALL: [Container; 6] = [
+    pub const ALL: [Container; 7] = [
         Container::Wav,
+        Container::Aiff,
         Container::Flac,
         Container::Mp3,
         Container::Ogg,
@@ -51,10 +55,11 @@ impl Container {
         Container::Aac,
     ];
 
-    /// Stable lowercase name ("wav", "flac", "mp3", "ogg", "mp4", "aac").
+    /// Stable lowercase name ("wav", "aiff", "flac", "mp3", "ogg", "mp4", "aac").
     pub fn name(self) -> &'static str {
         match self {
             Container::Wav => "wav",
+            Container::Aiff => "aiff",
             Container::Flac => "flac",
             Container::Mp3 => "mp3",
             Container::Ogg => "ogg",
@@ -75,9 +80,10 @@ impl Container {
     pub fn extensions(self) -> &'static [&'static str] {
         match self {
             Container::Wav => &["wav", "wave"],
+            Container::Aiff => &["aiff", "aif", "aifc"],
             Container::Flac => &["flac"],
             Container::Mp3 => &["mp3"],
-            Container::Ogg => &["ogg", "oga"],
+            Container::Ogg => &["ogg", "oga", "opus"],
             Container::Mp4 => &["m4a", "m4b", "mp4"],
             Container::Aac => &["aac", "adts"],
         }
@@ -87,6 +93,7 @@ impl Container {
     pub fn mime(self) -> &'static str {
         match self {
             Container::Wav => "audio/wav",
+            Container::Aiff => "audio/aiff",
             Container::Flac => "audio/flac",
             Container::Mp3 => "audio/mpeg",
             Container::Ogg => "audio/ogg",
@@ -169,6 +176,9 @@ pub(crate) fn sniff(head: &[u8]) -> Sniff {
     if at(0, b"RIFF") && at(8, b"WAVE") {
         return Sniff::Audio("wav");
     }
+    if at(0, b"FORM") && (at(8, b"AIFF") || at(8, b"AIFC")) {
+        return Sniff::Audio("aiff");
+    }
     if at(0, b"fLaC") {
         return Sniff::Audio("flac");
     }
@@ -218,9 +228,7 @@ pub(crate) fn sniff(head: &[u8]) -> Sniff {
 }
 
 fn other_audio(at: &dyn Fn(usize, &[u8]) -> bool) -> Option<&'static str> {
-    Some(if at(0, b"FORM") && (at(8, b"AIFF") || at(8, b"AIFC")) {
-        "AIFF audio, which is not supported"
-    } else if at(0, b"RF64") || at(0, b"BW64") {
+    Some(if at(0, b"RF64") || at(0, b"BW64") {
         "64-bit RF64/BW64 WAV, which is not supported"
     } else if at(0, b"caff") {
         "Apple CAF audio, which is not supported"
@@ -435,7 +443,10 @@ mod tests {
             sniff(b"%PDF-1.7\n"),
             Sniff::NotAudio("a PDF document".into())
         );
-        assert!(matches!(sniff(b"FORM\0\0\0\0AIFF"), Sniff::OtherAudio(_)));
+        assert_eq!(sniff(b"FORM\0\0\0\0AIFFCOMM"), Sniff::Audio("aiff"));
+        assert_eq!(sniff(b"FORM\0\0\0\0AIFCFVER"), Sniff::Audio("aiff"));
+        // An IFF file that is not sound (an ILBM picture) is not taken for AIFF.
+        assert!(matches!(sniff(b"FORM\0\0\0\0ILBMBMHD"), Sniff::NotAudio(_)));
     }
 
     #[test]

@@ -172,4 +172,4 @@ impl SearchOptions {
 }
 
 /// The containers the server accepts, for the format filter.
-pub const FORMATS: [&str; 5] = ["wav", "flac", "mp3", "ogg", "mp4"];
+pub const FORMATS: [&str; 7] = ["wav", "aiff", "flac", "mp3", "ogg", "mp4", "aac"];

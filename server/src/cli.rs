@@ -315,7 +315,7 @@ pub struct EmbedArgs {
     /// (at most 10; smaller overlaps the windows).
     #[arg(long, env = "TRAUM_WINDOW_HOP_S", default_value_t = 10.0)]
     pub hop_s: f64,
-    /// Audio files (wav, flac, mp3, ogg/vorbis, m4a/aac).
+    /// Audio files (wav, aiff, flac, mp3, ogg with vorbis or opus, m4a with aac or alac).
     pub files: Vec<PathBuf>,
 }
 
