@@ -859,7 +859,7 @@ async fn postgres_database_works() {
     pg.drop_database().await;
 }
 
-/// `traum ingest`: a folder imported recursively by extension, once; a second
+/// `traum ingest --copy`: a folder imported recursively by extension, once; a second
 /// run skips what the library holds; the server then finds it all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_imports_a_folder_once() {
@@ -883,6 +883,7 @@ async fn ingest_imports_a_folder_once() {
     let ingest = || {
         let mut cmd = tokio::process::Command::new(support::traum());
         cmd.arg("ingest")
+            .arg("--copy")
             .arg("--no-progress")
             .arg("--data-dir")
             .arg(&data)

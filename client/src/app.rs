@@ -55,7 +55,7 @@ fn start_live_connection() {
             state: Box::new(|state| *CONNECTION.write() = state),
             event: Box::new(|event| {
                 match event.kind {
-                    EventKind::Subscribed => return,
+                    EventKind::Subscribed | EventKind::Scan => return,
                     // Events were dropped: refetch what is shown, as after a reconnect.
                     EventKind::Lagged => {
                         *RESYNC.write() += 1;

@@ -104,7 +104,10 @@ impl LibraryView {
     /// Applies a subscription event.
     pub fn apply(&mut self, event: &FileEvent) -> Follow {
         // Markers about the stream itself, not about a file (the app resyncs on Lagged).
-        if matches!(event.kind, EventKind::Subscribed | EventKind::Lagged) {
+        if matches!(
+            event.kind,
+            EventKind::Subscribed | EventKind::Lagged | EventKind::Scan
+        ) {
             return Follow::Nothing;
         }
         if event.kind == EventKind::Deleted {

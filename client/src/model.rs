@@ -109,6 +109,8 @@ pub enum EventKind {
     Subscribed,
     /// Events were dropped for this client: what it shows must be refetched.
     Lagged,
+    /// A folder scan's progress (about a source, not a file).
+    Scan,
 }
 
 /// One processing event from the subscription.

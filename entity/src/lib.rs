@@ -1,5 +1,6 @@
-//! The Traum library's relational data: sea-orm entities for uploaded audio
-//! files ([`audio_file`]) and served searches ([`search_log`]), and the
+//! The Traum library's relational data: sea-orm entities for audio files
+//! ([`audio_file`]), where they live ([`library_source`], [`file_location`]) and served
+//! searches ([`search_log`]), and the
 //! [`store`] functions the server calls on them.
 //!
 //! Vectors are not here: they live in the Qdrant index (`traum-index`), keyed
@@ -11,6 +12,8 @@
 
 pub mod api_key;
 pub mod audio_file;
+pub mod file_location;
+pub mod library_source;
 pub mod search_log;
 pub mod server_setting;
 pub mod store;

@@ -65,8 +65,17 @@ async fn reload(db: &DatabaseConnection, id: Uuid) -> audio_file::Model {
     store::get(db, id).await.unwrap().expect("row exists")
 }
 
-const TABLES: [&str; 4] = ["audio_file", "search_log", "api_key", "server_setting"];
-const INDEXES: [(&str, &str); 5] = [
+const TABLES: [&str; 6] = [
+    "audio_file",
+    "search_log",
+    "api_key",
+    "server_setting",
+    "library_source",
+    "file_location",
+];
+const INDEXES: [(&str, &str); 7] = [
+    ("library_source", "idx_library_source_path"),
+    ("file_location", "idx_file_location_file"),
     ("audio_file", "idx_audio_file_content_hash"),
     ("audio_file", "idx_audio_file_status"),
     ("audio_file", "idx_audio_file_created_at"),
@@ -96,7 +105,7 @@ backend_tests! {
 
         Migrator::down(db, None).await.unwrap();
         assert_schema(db, false).await;
-        assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 4);
+        assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 5);
 
         Migrator::up(db, None).await.unwrap();
         assert_schema(db, true).await;
@@ -106,6 +115,10 @@ backend_tests! {
 
         // One step at a time, and `up` on an up-to-date schema is a no-op.
         let m = SchemaManager::new(db);
+        assert!(m.has_table("file_location").await.unwrap());
+        Migrator::down(db, Some(1)).await.unwrap();
+        assert!(!m.has_table("file_location").await.unwrap());
+        assert!(!m.has_table("library_source").await.unwrap());
         assert!(m.has_column("audio_file", "lease_token").await.unwrap());
         Migrator::down(db, Some(1)).await.unwrap();
         assert!(!m.has_column("audio_file", "lease_token").await.unwrap());
@@ -501,6 +514,8 @@ backend_tests! {
                 loop {
                     let query = ListQuery {
                         status: None,
+                        source: None,
+                        folder: None,
                         order,
                         // The client gets the cursor as a string and sends it back.
                         after: after.as_deref().map(|s| Cursor::decode(s).unwrap()),
@@ -822,4 +837,97 @@ async fn sqlite_unwritable_dir() {
     let url = store::sqlite_url(&file.join("sub").join("traum.db"));
     let err = store::connect_and_migrate(&url).await.unwrap_err();
     assert!(matches!(err, StoreError::CreateDir { .. }), "{err}");
+}
+
+backend_tests! {
+    /// Folder sources and file locations: one source per folder, locations that move and
+    /// go, files listed by source and folder (LIKE wildcards in names match only
+    /// themselves), and the uploads of an older library adopted by the upload source.
+    async fn sources_and_locations(t: TestDb) {
+        use entity::library_source::{SourceKind, SourceState};
+        use entity::store::sources;
+        let db = &t.db;
+        let legacy = insert(db, 1).await;
+        assert_eq!(sources::adopt_unlocated_uploads(db, "/data").await.unwrap(), 1);
+        assert_eq!(sources::adopt_unlocated_uploads(db, "/data").await.unwrap(), 0);
+        let upload = sources::upload_source(db, "/data").await.unwrap();
+        assert_eq!(upload.id, sources::UPLOAD_SOURCE_ID);
+        assert_eq!(upload.kind, SourceKind::Upload);
+        let locs = sources::locations_of_file(db, legacy.id).await.unwrap();
+        assert_eq!(locs.len(), 1);
+        assert_eq!(locs[0].path, legacy.stored_path);
+
+        let (a, created) = sources::add_folder(db, "/music/a_b%").await.unwrap();
+        assert!(created);
+        assert_eq!(a.state, SourceState::Idle);
+        let (again, created) = sources::add_folder(db, "/music/a_b%").await.unwrap();
+        assert!(!created);
+        assert_eq!(again.id, a.id);
+        let (other, _) = sources::add_folder(db, "/music/aXbY").await.unwrap();
+        assert!(sources::add_folder(db, "/data").await.is_err(), "the upload store is no folder");
+
+        let f2 = insert(db, 2).await;
+        let f3 = insert(db, 3).await;
+        sources::put_location(db, a.id, "/music/a_b%/x.wav", f2.id, 10, 5).await.unwrap();
+        sources::put_location(db, a.id, "/music/a_b%/sub/y.wav", f3.id, 11, 6).await.unwrap();
+        sources::put_location(db, other.id, "/music/aXbY/z.wav", f3.id, 11, 6).await.unwrap();
+        // The same path again replaces (a changed file).
+        sources::put_location(db, a.id, "/music/a_b%/x.wav", f2.id, 12, 7).await.unwrap();
+        let in_a = sources::locations_in_source(db, a.id).await.unwrap();
+        assert_eq!(in_a.len(), 2);
+        assert!(in_a.iter().any(|l| l.size_bytes == 12 && l.mtime_ns == 7));
+        let under = sources::locations_under(db, a.id, "/music/a_b%/sub").await.unwrap();
+        assert_eq!(under.len(), 1);
+        assert_eq!(sources::count_locations(db, f3.id).await.unwrap(), 2);
+        let counts = sources::files_per_source(db).await.unwrap();
+        assert_eq!(counts[&a.id], 2);
+        assert_eq!(counts[&other.id], 1);
+        assert_eq!(counts[&upload.id], 1);
+
+        let list = |source: Option<Uuid>, folder: Option<&str>| {
+            let query = ListQuery {
+                source,
+                folder: folder.map(str::to_owned),
+                ..ListQuery::default()
+            };
+            async move {
+                let mut ids: Vec<Uuid> =
+                    store::list(db, &query).await.unwrap().items.iter().map(|r| r.id).collect();
+                ids.sort();
+                ids
+            }
+        };
+        let mut both = vec![f2.id, f3.id];
+        both.sort();
+        assert_eq!(list(Some(a.id), None).await, both);
+        assert_eq!(list(None, Some("/music/a_b%")).await, both);
+        assert_eq!(list(None, Some("/music/a_b%/")).await, both, "a trailing slash is the same folder");
+        assert_eq!(list(None, Some("/music/aXbY")).await, vec![f3.id]);
+        assert_eq!(list(None, Some("/music/a")).await, Vec::<Uuid>::new(), "a prefix of a name is not a folder");
+        assert_eq!(list(Some(upload.id), None).await, vec![legacy.id]);
+
+        assert!(sources::move_location(db, a.id, "/music/a_b%/x.wav", "/music/a_b%/sub/x2.wav", 12, 8)
+            .await
+            .unwrap());
+        assert!(!sources::move_location(db, a.id, "/music/a_b%/x.wav", "/elsewhere", 1, 1)
+            .await
+            .unwrap());
+        assert_eq!(sources::locations_under(db, a.id, "/music/a_b%/sub").await.unwrap().len(), 2);
+        let removed = sources::delete_location(db, a.id, "/music/a_b%/sub/x2.wav").await.unwrap();
+        assert_eq!(removed.unwrap().file_id, f2.id);
+        assert_eq!(sources::files_without_locations(db, &[f2.id, f3.id]).await.unwrap(), vec![f2.id]);
+
+        // A file's locations go with it; a source's with the source.
+        store::delete(db, f3.id).await.unwrap();
+        assert!(sources::locations_in_source(db, other.id).await.unwrap().is_empty());
+        let detached = sources::set_state(db, a.id, SourceState::Detached, None).await.unwrap();
+        assert_eq!(detached.state, SourceState::Detached);
+        assert_eq!(sources::list_sources(db, false).await.unwrap().len(), 2);
+        assert_eq!(sources::list_sources(db, true).await.unwrap().len(), 3);
+        let (back, created) = sources::add_folder(db, "/music/a_b%").await.unwrap();
+        assert!(!created);
+        assert_eq!(back.state, SourceState::Idle, "adding a detached folder attaches it");
+        assert!(sources::delete_source(db, a.id).await.unwrap());
+        assert!(sources::get_source(db, a.id).await.unwrap().is_none());
+    }
 }

@@ -21,7 +21,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the service: GraphQL API, processing pipeline, web client.
     Serve(ServeArgs),
-    /// Import a folder of audio into the library (recursively, by extension).
+    /// Add folders of audio to the library and scan them (read in place; --copy stores copies).
     Ingest(IngestArgs),
     /// Print the GraphQL schema (SDL).
     Schema,
@@ -270,6 +270,14 @@ pub struct ServeArgs {
     /// Seconds to finish in-flight work after SIGTERM before giving it back to the queue.
     #[arg(long, env = "TRAUM_SHUTDOWN_GRACE_S", default_value_t = 10)]
     pub shutdown_grace_s: u64,
+    /// A folder to read in place (repeatable): added as a source if it is not one, scanned,
+    /// and watched while the server runs. Sources added before are scanned and watched too.
+    #[arg(long = "folder", env = "TRAUM_FOLDERS", value_delimiter = ',')]
+    pub folders: Vec<PathBuf>,
+    /// Milliseconds a changed file must stay unchanged before the watcher takes it (a file
+    /// still being copied keeps changing).
+    #[arg(long, env = "TRAUM_WATCH_SETTLE_MS", default_value_t = 1000)]
+    pub watch_settle_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -281,7 +289,12 @@ pub struct IngestArgs {
     /// Hide the progress bar (log lines only).
     #[arg(long)]
     pub no_progress: bool,
-    /// Folders (searched recursively) or files to import.
+    /// Store copies of the files in the data directory (as uploads are) instead of adding
+    /// the folders as sources read in place.
+    #[arg(long)]
+    pub copy: bool,
+    /// Folders to add and scan (recursively, by content), or with --copy, folders or files
+    /// to copy in.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
 }

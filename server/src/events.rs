@@ -39,6 +39,72 @@ pub enum FileEventKind {
     /// files; `libraryEvents` subscribers should refetch what they show. `fileId` is the nil
     /// UUID.
     Lagged,
+    /// A folder scan advanced, or ended: `scan` says where it stands. `fileId` is the nil
+    /// UUID.
+    Scan,
+}
+
+/// Where a folder source's scanning stands (the `scan` of a SCAN event).
+#[derive(Debug, Clone, PartialEq, SimpleObject, Serialize, Deserialize)]
+pub struct SourceScan {
+    pub source_id: ID,
+    pub state: ApiSourceState,
+    /// Audio files found so far.
+    pub found: i64,
+    /// Files that were not in the library at their path.
+    pub new: i64,
+    /// Paths whose content changed.
+    pub changed: i64,
+    /// Files moved or renamed (recognised by content; not embedded again).
+    pub moved: i64,
+    /// Paths that no longer exist.
+    pub gone: i64,
+    /// Files or folders that could not be read (symbolic link loops, permissions).
+    pub failed: i64,
+    /// Why the folder is unavailable, or what could not be read.
+    pub error: Option<String>,
+}
+
+impl SourceScan {
+    pub fn from_row(row: &entity::library_source::Model) -> Self {
+        Self {
+            source_id: ID(row.id.to_string()),
+            state: row.state.into(),
+            found: row.found,
+            new: row.new,
+            changed: row.changed,
+            moved: row.moved,
+            gone: row.gone,
+            failed: row.failed,
+            error: row.last_error.clone(),
+        }
+    }
+}
+
+/// Where a source stands, as the API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Serialize, Deserialize)]
+#[graphql(name = "SourceState")]
+pub enum ApiSourceState {
+    /// Not scanning; the library matched the folder when it was last scanned.
+    Idle,
+    /// Being scanned.
+    Scanning,
+    /// Missing, unreadable or empty (an unplugged disk): its files are kept untouched.
+    Unavailable,
+    /// Removed with its files kept.
+    Detached,
+}
+
+impl From<entity::library_source::SourceState> for ApiSourceState {
+    fn from(s: entity::library_source::SourceState) -> Self {
+        use entity::library_source::SourceState as S;
+        match s {
+            S::Idle => ApiSourceState::Idle,
+            S::Scanning => ApiSourceState::Scanning,
+            S::Unavailable => ApiSourceState::Unavailable,
+            S::Detached => ApiSourceState::Detached,
+        }
+    }
 }
 
 /// Processing state of a file, as the API names it.
@@ -91,6 +157,8 @@ pub struct FileEvent {
     pub error_message: Option<String>,
     /// Events dropped before a LAGGED event (null when unknown); null on other events.
     pub missed: Option<i32>,
+    /// On SCAN events: the folder scan's progress; null on others.
+    pub scan: Option<SourceScan>,
     pub at: DateTime<Utc>,
 }
 
@@ -105,6 +173,7 @@ impl FileEvent {
             error_code: row.error_code.clone(),
             error_message: row.error_message.clone(),
             missed: None,
+            scan: None,
             at: Utc::now(),
         }
     }
@@ -119,6 +188,7 @@ impl FileEvent {
             error_code: None,
             error_message: None,
             missed: None,
+            scan: None,
             at: Utc::now(),
         }
     }
@@ -134,7 +204,16 @@ impl FileEvent {
             error_code: None,
             error_message: None,
             missed: missed.map(|n| n.min(i32::MAX as u64) as i32),
+            scan: None,
             at: Utc::now(),
+        }
+    }
+
+    /// A SCAN event.
+    pub fn scan_progress(scan: SourceScan) -> Self {
+        Self {
+            scan: Some(scan),
+            ..Self::marker(FileEventKind::Scan, None)
         }
     }
 

@@ -1045,7 +1045,15 @@ async fn file_get(
             return (StatusCode::INTERNAL_SERVER_ERROR, "database error").into_response();
         }
     };
-    let path = state.library.paths.resolve(&row.stored_path);
+    // Any location that still exists (a folder's file may have moved, or its folder be gone
+    // while an upload of the same content remains).
+    let path = match state.library.readable_path(&row).await {
+        Ok(path) => path,
+        Err(e) => {
+            tracing::error!(error = %e, "file lookup failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "database error").into_response();
+        }
+    };
     let mime = crate::storage::Container::from_name(&row.container)
         .map(|c| c.mime())
         .unwrap_or("application/octet-stream");

@@ -1,10 +1,12 @@
-//! `traum ingest DIR…`: bulk import into the library, in this process (the
-//! server must not be running on the same data directory: the index is
-//! locked by whoever opened it).
+//! `traum ingest DIR…`: adds folders to the library and scans them, in this process (the
+//! server must not be running on the same data directory: the index is locked by whoever
+//! opened it; a running server takes folders with `--folder` or `addFolder`).
 //!
-//! Files are found recursively by extension, hashed, and skipped when the
-//! library already holds that content; new ones are copied into the store and
-//! processed by the same pipeline the server runs, with a progress bar.
+//! By default a folder becomes a source read in place (see [`crate::sources`]): nothing is
+//! copied, and a later run (or the server) finds what changed. With `--copy`, files are
+//! found recursively by extension, hashed, and skipped when the library already holds
+//! that content; new ones are copied into the store. Either way they are processed by the
+//! same pipeline the server runs, with a progress bar.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,159 @@ pub struct IngestReport {
 }
 
 pub async fn run(args: IngestArgs) -> Result<ExitCode> {
+    if args.copy {
+        run_copy(args).await
+    } else {
+        run_in_place(args).await
+    }
+}
+
+/// Adds each folder as a source, scans it, and waits until what the scans queued is
+/// processed.
+async fn run_in_place(args: IngestArgs) -> Result<ExitCode> {
+    for path in &args.paths {
+        if !path.is_dir() {
+            anyhow::bail!(
+                "{}: not a folder; `traum ingest` reads folders in place (use --copy to import single files)",
+                path.display()
+            );
+        }
+    }
+    let library = open_library(&args.model, &args.library).await?;
+    let workers = crate::pipeline::start_workers(&library);
+    let mut events = library.events.subscribe();
+    let started = Instant::now();
+    let mut sources = Vec::new();
+    let mut failed_scans = 0;
+    for path in &args.paths {
+        let canonical = crate::sources::canonical_folder(path)?;
+        let (source, _) =
+            entity::store::sources::add_folder(&library.db, &canonical.to_string_lossy()).await?;
+        eprintln!("scanning {}", source.path);
+        match crate::sources::scan_source(&library, source.id).await {
+            Ok(counts) => eprintln!(
+                "  {} audio files: {} new, {} changed, {} moved, {} gone, {} could not be read",
+                counts.found, counts.new, counts.changed, counts.moved, counts.gone, counts.failed
+            ),
+            Err(e) => {
+                failed_scans += 1;
+                eprintln!("  scan failed: {e}");
+            }
+        }
+        let after = library.source(source.id).await?;
+        if let Some(why) = &after.last_error {
+            eprintln!("  {why}");
+        }
+        sources.push(source.id);
+    }
+    // What the scans queued (or earlier runs left unfinished), by name.
+    let mut pending: HashSet<Uuid> = HashSet::new();
+    let mut names: std::collections::HashMap<Uuid, PathBuf> = Default::default();
+    for &source in &sources {
+        for location in entity::store::sources::locations_in_source(&library.db, source).await? {
+            names.insert(location.file_id, PathBuf::from(&location.path));
+        }
+    }
+    let rows =
+        entity::store::get_many(&library.db, &names.keys().copied().collect::<Vec<_>>()).await?;
+    for row in rows.values() {
+        if !matches!(
+            row.status,
+            entity::audio_file::FileStatus::Indexed | entity::audio_file::FileStatus::Failed
+        ) {
+            pending.insert(row.id);
+        }
+    }
+    let bar = if args.no_progress {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(Some(pending.len() as u64), ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files ({per_sec}, eta {eta}) {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut report = IngestReport::default();
+    resync(&library, &mut pending, &names, &mut report, &bar).await?;
+    wait_for(
+        &library,
+        &mut events,
+        &mut pending,
+        &names,
+        &mut report,
+        &bar,
+    )
+    .await?;
+    bar.finish_and_clear();
+    finish(&library, workers, &pending, &report).await;
+    eprintln!(
+        "{} processed, {} indexed, {} failed ({:.1} s)",
+        report.indexed + report.failed.len(),
+        report.indexed,
+        report.failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for (path, why) in &report.failed {
+        eprintln!("  failed: {}: {why}", path.display());
+    }
+    Ok(if report.failed.is_empty() && failed_scans == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Follows processing events until nothing is pending (or Ctrl-C).
+async fn wait_for(
+    library: &std::sync::Arc<crate::library::Library>,
+    events: &mut tokio::sync::broadcast::Receiver<crate::events::FileEvent>,
+    pending: &mut HashSet<Uuid>,
+    names: &std::collections::HashMap<Uuid, PathBuf>,
+    report: &mut IngestReport,
+    bar: &ProgressBar,
+) -> Result<()> {
+    bar.set_message("processing");
+    while !pending.is_empty() {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(e) => handle_event(&e, pending, names, report, bar),
+                Err(RecvError::Lagged(_)) => resync(library, pending, names, report, bar).await?,
+                Err(RecvError::Closed) => break,
+            },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                resync(library, pending, names, report, bar).await?;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                bar.abandon_with_message("interrupted; the rest is processed at the next start");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Optimises the index after a finished batch, and stops the workers.
+async fn finish(
+    library: &std::sync::Arc<crate::library::Library>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    pending: &HashSet<Uuid>,
+    report: &IngestReport,
+) {
+    if pending.is_empty() && report.indexed > 0 {
+        // A batch is done: leave the index optimised for the server that opens it next.
+        if let Err(e) = library.optimize_index().await {
+            tracing::warn!(error = %e, "optimising the index failed; the server retries");
+        }
+    }
+    library.shutdown(workers, Duration::from_secs(10)).await;
+}
+
+/// `--copy`: files are hashed (known content is skipped), copied into the store and
+/// processed, as uploads are.
+async fn run_copy(args: IngestArgs) -> Result<ExitCode> {
     let files = find_audio_files(&args.paths)?;
     if files.is_empty() {
         eprintln!(
@@ -153,31 +308,17 @@ pub async fn run(args: IngestArgs) -> Result<ExitCode> {
         }
         drain_events(&mut events, &mut pending, &names, &mut report, &bar);
     }
-    bar.set_message("processing");
-    while !pending.is_empty() {
-        tokio::select! {
-            event = events.recv() => match event {
-                Ok(e) => handle_event(&e, &mut pending, &names, &mut report, &bar),
-                Err(RecvError::Lagged(_)) => resync(&library, &mut pending, &names, &mut report, &bar).await?,
-                Err(RecvError::Closed) => break,
-            },
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                resync(&library, &mut pending, &names, &mut report, &bar).await?;
-            }
-            _ = tokio::signal::ctrl_c() => {
-                bar.abandon_with_message("interrupted; the rest is processed at the next start");
-                break;
-            }
-        }
-    }
+    wait_for(
+        &library,
+        &mut events,
+        &mut pending,
+        &names,
+        &mut report,
+        &bar,
+    )
+    .await?;
     bar.finish_and_clear();
-    if pending.is_empty() && report.indexed > 0 {
-        // A batch is done: leave the index optimised for the server that opens it next.
-        if let Err(e) = library.optimize_index().await {
-            tracing::warn!(error = %e, "optimising the index failed; the server retries");
-        }
-    }
-    library.shutdown(workers, Duration::from_secs(10)).await;
+    finish(&library, workers, &pending, &report).await;
 
     let secs = started.elapsed().as_secs_f64();
     eprintln!(

@@ -21,5 +21,6 @@ pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod serve;
+pub mod sources;
 pub mod storage;
 pub mod websocket;

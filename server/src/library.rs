@@ -4,7 +4,7 @@
 //! ([`Library::add_file`]), deletion, reprocessing, and the pipeline workers
 //! (`pipeline::worker`). GraphQL and `traum ingest` are thin layers over it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,6 +168,8 @@ pub struct Library {
     searches: Arc<tokio::sync::Semaphore>,
     batcher_task: Mutex<Option<JoinHandle<()>>>,
     maintenance_task: Mutex<Option<JoinHandle<()>>>,
+    /// Folder sources: per-source locks, and the watcher's wake-up.
+    pub(crate) folders: crate::sources::Folders,
 }
 
 impl Library {
@@ -236,6 +238,12 @@ impl Library {
         if requeued > 0 {
             tracing::info!(requeued, "resuming what the previous run was processing");
         }
+        // Libraries from before sources: every upload gets its location in the upload source.
+        let storage = paths.storage.to_string_lossy().into_owned();
+        let adopted = store::sources::adopt_unlocated_uploads(&db, &storage).await?;
+        if adopted > 0 {
+            tracing::info!(adopted, "recorded the locations of stored uploads");
+        }
         let metrics = Metrics::new();
         let work = Arc::new(Notify::new());
         let active: ActiveFiles = Default::default();
@@ -286,6 +294,7 @@ impl Library {
             config,
             batcher_task: Mutex::new(Some(batcher_task)),
             maintenance_task: Mutex::new(None),
+            folders: Default::default(),
         });
         // A Qdrant server optimises its collections by itself; only the in-process store
         // needs us to.
@@ -345,6 +354,7 @@ impl Library {
         }
         if let Some(existing) = store::get_by_hash(&self.db, &staged.sha256).await? {
             self.metrics.uploads.with_label_values(&["duplicate"]).inc();
+            self.keep_upload_of_known(&existing, staged).await?;
             return Ok((existing, false));
         }
         if let Some(quota) = self.config.storage_quota_bytes {
@@ -369,15 +379,17 @@ impl Library {
             kept.map(|()| staged)
         })
         .await??;
+        let relative = relative.to_string_lossy().into_owned();
         let new = NewAudioFile {
             original_name: staged.original_name.clone(),
-            stored_path: relative.to_string_lossy().into_owned(),
+            stored_path: relative.clone(),
             content_hash: staged.sha256.clone(),
             size_bytes: staged.size as i64,
             container: staged.container.name().to_string(),
         };
         let _intake = self.intake_lock.lock().await;
         let (row, created) = self.insert_announced(new).await?;
+        self.record_upload_location(&row, &relative).await?;
         if created {
             self.metrics.uploads.with_label_values(&["created"]).inc();
             self.work_queued();
@@ -390,11 +402,58 @@ impl Library {
         Ok((row, created))
     }
 
+    /// The upload source's location of a stored copy.
+    async fn record_upload_location(&self, row: &FileRow, relative: &str) -> Result<(), ApiError> {
+        let storage = self.paths.storage.to_string_lossy().into_owned();
+        let upload = store::sources::upload_source(&self.db, &storage).await?;
+        store::sources::put_location(&self.db, upload.id, relative, row.id, row.size_bytes, 0)
+            .await?;
+        Ok(())
+    }
+
+    /// An upload of content the library has from a folder only: its bytes are kept too, so
+    /// that the file stays when the folder lets it go.
+    async fn keep_upload_of_known(
+        &self,
+        existing: &FileRow,
+        staged: StagedFile,
+    ) -> Result<(), ApiError> {
+        let storage = self.paths.storage.to_string_lossy().into_owned();
+        let upload = store::sources::upload_source(&self.db, &storage).await?;
+        let locations = store::sources::locations_of_file(&self.db, existing.id).await?;
+        if locations.iter().any(|l| l.source_id == upload.id) {
+            return Ok(());
+        }
+        let relative = DataPaths::relative_file_path(&staged.sha256, staged.container);
+        let dest = self.paths.storage.join(&relative);
+        crate::storage::blocking(move || {
+            let mut staged = staged;
+            staged
+                .keep_at(&dest)
+                .map_err(|e| crate::storage::write_error(&dest, e))
+        })
+        .await??;
+        let relative = relative.to_string_lossy().into_owned();
+        store::sources::put_location(
+            &self.db,
+            upload.id,
+            &relative,
+            existing.id,
+            existing.size_bytes,
+            0,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Inserts the file (or finds it by its hash) and announces a new one (ADDED) so that no
     /// worker anywhere can claim it before the announcement is out: with PostgreSQL the
     /// event is published in the insert's transaction, which other replicas' claims see only
     /// once it committed; here the caller holds the intake lock.
-    async fn insert_announced(&self, new: NewAudioFile) -> Result<(FileRow, bool), ApiError> {
+    pub(crate) async fn insert_announced(
+        &self,
+        new: NewAudioFile,
+    ) -> Result<(FileRow, bool), ApiError> {
         if !self.events.is_relayed() {
             let (row, created) = store::insert_or_get_by_hash(&self.db, new).await?;
             if created {
@@ -414,7 +473,7 @@ impl Library {
     }
 
     /// Wakes idle workers, in every process.
-    fn work_queued(&self) {
+    pub(crate) fn work_queued(&self) {
         self.work.notify_waiters();
         if let Some(outbox) = &self.outbox {
             let _ = outbox.send(Outgoing::Work);
@@ -449,21 +508,34 @@ impl Library {
     pub async fn delete_file(&self, id: Uuid) -> Result<FileRow, ApiError> {
         self.cancel_active(id);
         let _commit = self.commit_lock.lock().await;
+        // Stored copies (relative to the storage directory) go with the file; the files of
+        // folders read in place are the user's, never touched.
+        let mut copies: Vec<String> = store::sources::locations_of_file(&self.db, id)
+            .await?
+            .into_iter()
+            .filter(|l| l.source_id == store::sources::UPLOAD_SOURCE_ID)
+            .map(|l| l.path)
+            .collect();
         let row = store::delete(&self.db, id)
             .await?
             .ok_or_else(|| ApiError::not_found_file(id))?;
         self.index.delete_file(id).await?;
         self.index_changed();
-        let path = self.paths.resolve(&row.stored_path);
-        // Another row never shares the path: it is named by the content hash.
-        let removed = crate::storage::blocking({
-            let path = path.clone();
-            move || std::fs::remove_file(path)
-        })
-        .await?;
-        if let Err(e) = removed {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %path.display(), error = %e, "could not remove stored file");
+        if !Path::new(&row.stored_path).is_absolute() && !copies.contains(&row.stored_path) {
+            copies.push(row.stored_path.clone());
+        }
+        for copy in copies.into_iter().filter(|c| !Path::new(c).is_absolute()) {
+            let path = self.paths.resolve(&copy);
+            // Another row never shares the path: it is named by the content hash.
+            let removed = crate::storage::blocking({
+                let path = path.clone();
+                move || std::fs::remove_file(path)
+            })
+            .await?;
+            if let Err(e) = removed {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove stored file");
+                }
             }
         }
         self.events.send(FileEvent::deleted(&row));

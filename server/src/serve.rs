@@ -183,6 +183,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     .await
     .context("setting up API keys")?;
     let workers = crate::pipeline::start_workers(&library);
+    for folder in &args.folders {
+        let source = library
+            .add_folder(folder, false)
+            .await
+            .with_context(|| format!("--folder {}", folder.display()))?;
+        tracing::info!(source = %source.id, path = %source.path, "reading folder");
+    }
+    let watcher = crate::sources::watch::start(
+        &library,
+        crate::sources::watch::WatchConfig {
+            settle: Duration::from_millis(args.watch_settle_ms),
+            ..Default::default()
+        },
+    );
     let schema = build_schema(
         library.clone(),
         auth.clone(),
@@ -222,6 +236,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         shutdown.cancel();
     });
     server.await.context("HTTP server")?;
+    watcher.abort();
     library
         .shutdown(workers, Duration::from_secs(args.shutdown_grace_s))
         .await;

@@ -427,6 +427,7 @@ impl From<library_events::LibraryEventsLibraryEvents> for FileEvent {
                 K::DELETED => EventKind::Deleted,
                 K::SUBSCRIBED => EventKind::Subscribed,
                 K::LAGGED => EventKind::Lagged,
+                K::SCAN => EventKind::Scan,
             },
             status: e.status.into(),
             windows_done: e.windows_done,

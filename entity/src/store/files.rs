@@ -5,7 +5,7 @@
 //! through [`super::work`], where every write names its lease token.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, OnConflict, Query, SimpleExpr};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query, SimpleExpr};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect,
@@ -315,6 +315,17 @@ pub async fn fail(db: &DatabaseConnection, id: Uuid, code: &str, message: &str) 
     update_by_id(db, id, sets).await
 }
 
+/// Where the file's bytes are read from now (another of its locations, when the one it
+/// was read from is gone).
+pub async fn set_stored_path(db: &impl ConnectionTrait, id: Uuid, stored_path: &str) -> Result<()> {
+    AudioFile::update_many()
+        .col_expr(Column::StoredPath, Expr::value(stored_path))
+        .filter(Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
 /// Deletes the file's row and returns it (`None` if there was none). The
 /// stored bytes and the vectors are the caller's to remove.
 pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<Option<Model>> {
@@ -379,6 +390,10 @@ impl Cursor {
 pub struct ListQuery {
     /// Only files in this state.
     pub status: Option<FileStatus>,
+    /// Only files with a location in this source.
+    pub source: Option<Uuid>,
+    /// Only files with a location in this folder (an absolute path) or below it.
+    pub folder: Option<String>,
     pub order: SortOrder,
     /// Start after this row (from the previous [`Page::next`]).
     pub after: Option<Cursor>,
@@ -394,6 +409,8 @@ impl Default for ListQuery {
     fn default() -> Self {
         ListQuery {
             status: None,
+            source: None,
+            folder: None,
             order: SortOrder::Desc,
             after: None,
             limit: 50,
@@ -418,6 +435,24 @@ pub async fn list(db: &DatabaseConnection, query: &ListQuery) -> Result<Page> {
     let mut filtered = AudioFile::find();
     if let Some(status) = query.status {
         filtered = filtered.filter(Column::Status.eq(status));
+    }
+    if query.source.is_some() || query.folder.is_some() {
+        use crate::file_location::{Column as L, Entity as FileLocation};
+        let mut located = Query::select()
+            .column(L::FileId)
+            .from(FileLocation)
+            .to_owned();
+        if let Some(source) = query.source {
+            located.and_where(L::SourceId.eq(source));
+        }
+        if let Some(folder) = &query.folder {
+            let folder = folder.trim_end_matches('/');
+            let pattern = format!("{}/%", super::sources::escape_like(folder));
+            located.cond_where(Condition::any().add(L::Path.eq(folder)).add(
+                Expr::col(L::Path).like(sea_orm::sea_query::LikeExpr::new(pattern).escape('\\')),
+            ));
+        }
+        filtered = filtered.filter(Column::Id.in_subquery(located));
     }
     let total = filtered.clone().count(db).await?;
     if limit == 0 {

@@ -31,6 +31,7 @@ use uuid::Uuid;
 pub mod files;
 pub mod keys;
 pub mod searches;
+pub mod sources;
 
 pub mod work;
 

@@ -274,6 +274,8 @@ impl Query {
 
     /// The library, a page at a time (Relay cursor connection).
     #[graphql(guard = "Need(Scope::Read)")]
+    // One argument per GraphQL argument.
+    #[allow(clippy::too_many_arguments)]
     async fn files(
         &self,
         ctx: &Context<'_>,
@@ -281,11 +283,19 @@ impl Query {
         after: Option<String>,
         status: Option<ApiFileStatus>,
         #[graphql(default)] order: FileOrder,
+        #[graphql(desc = "Only files with a location in this source.")] source_id: Option<ID>,
+        #[graphql(
+            desc = "Only files with a location in this folder (an absolute path) or below it."
+        )]
+        folder: Option<String>,
     ) -> Result<Connection<String, AudioFile, FilesTotal>> {
         let lib = library(ctx)?;
         let after = after.as_deref().map(Cursor::decode).transpose().gql()?;
+        let source = source_id.as_ref().map(parse_id).transpose().gql()?;
         let query = ListQuery {
             status: status.map(Into::into),
+            source,
+            folder,
             order: match order {
                 FileOrder::NewestFirst => SortOrder::Desc,
                 FileOrder::OldestFirst => SortOrder::Asc,
@@ -307,6 +317,19 @@ impl Query {
                 .map(|row| Edge::new(Cursor::after(&row).encode(), AudioFile(row))),
         );
         Ok(connection)
+    }
+
+    /// Where the library's files come from: folders read in place, and the uploads.
+    #[graphql(guard = "Need(Scope::Read)")]
+    async fn sources(&self, ctx: &Context<'_>) -> Result<Vec<LibrarySource>> {
+        let lib = library(ctx)?;
+        Ok(lib
+            .sources()
+            .await
+            .gql()?
+            .into_iter()
+            .map(|(row, file_count)| LibrarySource { row, file_count })
+            .collect())
     }
 
     /// Files that sound like the text, best first, one result per file.
@@ -515,6 +538,44 @@ impl Mutation {
         Ok(ApiKeyInfo(row))
     }
 
+    /// Reads a folder on the server in place (no copy): scans it now (progress as SCAN
+    /// events on `libraryEvents`) and follows its changes while the server runs. Adding a
+    /// folder that is a source already returns it (and scans it again).
+    #[graphql(guard = "Need(Scope::Admin)")]
+    async fn add_folder(&self, ctx: &Context<'_>, path: String) -> Result<LibrarySource> {
+        let lib = library(ctx)?;
+        let row = lib
+            .add_folder(std::path::Path::new(&path), true)
+            .await
+            .gql()?;
+        Ok(LibrarySource { row, file_count: 0 })
+    }
+
+    /// Scans a folder source again now.
+    #[graphql(guard = "Need(Scope::Write)")]
+    async fn rescan_folder(&self, ctx: &Context<'_>, id: ID) -> Result<LibrarySource> {
+        let lib = library(ctx)?;
+        let uuid = parse_id(&id).gql()?;
+        let row = lib.rescan_folder(uuid).await.gql()?;
+        Ok(LibrarySource { row, file_count: 0 })
+    }
+
+    /// Stops reading a folder. With `keepFiles` its files stay in the library (played from
+    /// where they are; no longer scanned or watched); without, files found nowhere else
+    /// leave the library. The folder on disk is never touched. Returns the id.
+    #[graphql(guard = "Need(Scope::Admin)")]
+    async fn remove_folder(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        #[graphql(default = false)] keep_files: bool,
+    ) -> Result<ID> {
+        let lib = library(ctx)?;
+        let uuid = parse_id(&id).gql()?;
+        lib.remove_folder(uuid, keep_files).await.gql()?;
+        Ok(id)
+    }
+
     /// Processes a file again (e.g. after a failure).
     #[graphql(guard = "Need(Scope::Write)")]
     async fn reprocess_file(&self, ctx: &Context<'_>, id: ID) -> Result<AudioFile> {
@@ -626,6 +687,7 @@ async fn file_snapshots(lib: &Library, wanted: &HashSet<Uuid>) -> Result<Vec<Fil
                 error_code: Some(crate::error::code::NOT_FOUND.into()),
                 error_message: Some(format!("no audio file with id {id}")),
                 missed: None,
+                scan: None,
                 at: Utc::now(),
             },
         })

@@ -9,6 +9,7 @@ use entity::search_log::{Model as SearchRow, SearchKind};
 use traum_index::SearchFilter;
 
 use crate::auth::{Auth, Scope};
+use crate::error::GqlResult;
 use crate::events::ApiFileStatus;
 use crate::library::{SearchHit, SearchOutcome};
 
@@ -31,7 +32,7 @@ impl AudioFile {
     async fn size_bytes(&self) -> f64 {
         self.0.size_bytes as f64
     }
-    /// Container, from the content: wav, flac, mp3, ogg, mp4 or aac.
+    /// Container, from the content: wav, aiff, flac, mp3, ogg, mp4 or aac.
     async fn container(&self) -> &str {
         &self.0.container
     }
@@ -86,6 +87,21 @@ impl AudioFile {
     async fn indexed_at(&self) -> Option<DateTime<Utc>> {
         self.0.indexed_at
     }
+    /// Every place its content was found (one library entry for the same content in
+    /// several folders, or in a folder and the uploads).
+    async fn locations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<FileLocation>> {
+        let lib = ctx.data::<Arc<crate::library::Library>>()?;
+        let rows = entity::store::sources::locations_of_file(&lib.db, self.0.id)
+            .await
+            .gql()?;
+        Ok(rows
+            .into_iter()
+            .map(|row| FileLocation {
+                row,
+                storage: lib.paths.storage.clone(),
+            })
+            .collect())
+    }
     /// Where the original streams from (supports HTTP Range). On a server that wants keys
     /// this is a signed URL valid for an hour, so an `<audio>` element can play it without
     /// the key in its query string.
@@ -100,6 +116,86 @@ impl AudioFile {
         } else {
             auth.signed_file_url(self.0.id)
         })
+    }
+}
+
+/// Where a file's content was found: a path in a folder source, or the stored upload.
+pub struct FileLocation {
+    pub row: entity::file_location::Model,
+    pub storage: std::path::PathBuf,
+}
+
+#[Object]
+impl FileLocation {
+    async fn source_id(&self) -> ID {
+        ID(self.row.source_id.to_string())
+    }
+    /// The absolute path in a folder; for an upload, the stored copy's path relative to the
+    /// storage directory.
+    async fn path(&self) -> &str {
+        &self.row.path
+    }
+    /// Whether the path exists now.
+    async fn exists(&self) -> bool {
+        let path = std::path::Path::new(&self.row.path);
+        if path.is_absolute() {
+            path.exists()
+        } else {
+            self.storage.join(path).exists()
+        }
+    }
+}
+
+/// What a library source is.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A folder read in place: scanned, then watched while the server runs.
+    Folder,
+    /// Uploaded files (stored copies).
+    Upload,
+}
+
+/// A place the library's files come from.
+pub struct LibrarySource {
+    pub row: entity::library_source::Model,
+    pub file_count: u64,
+}
+
+#[Object]
+impl LibrarySource {
+    async fn id(&self) -> ID {
+        ID(self.row.id.to_string())
+    }
+    async fn kind(&self) -> SourceKind {
+        match self.row.kind {
+            entity::library_source::SourceKind::Folder => SourceKind::Folder,
+            entity::library_source::SourceKind::Upload => SourceKind::Upload,
+        }
+    }
+    /// The folder (absolute, symbolic links resolved); the storage directory for uploads.
+    async fn path(&self) -> &str {
+        &self.row.path
+    }
+    async fn state(&self) -> crate::events::ApiSourceState {
+        self.row.state.into()
+    }
+    /// Files with a location in this source.
+    async fn file_count(&self) -> i32 {
+        self.file_count.min(i32::MAX as u64) as i32
+    }
+    /// The running scan's counters, or the last one's.
+    async fn scan(&self) -> crate::events::SourceScan {
+        crate::events::SourceScan::from_row(&self.row)
+    }
+    async fn scan_started_at(&self) -> Option<DateTime<Utc>> {
+        self.row.scan_started_at
+    }
+    /// When the last scan ended.
+    async fn scanned_at(&self) -> Option<DateTime<Utc>> {
+        self.row.scanned_at
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.row.created_at
     }
 }
 

@@ -345,7 +345,8 @@ async fn run(
     token: &CancellationToken,
 ) -> Result<Outcome, ApiError> {
     let id = row.id;
-    let path = lib.paths.resolve(&row.stored_path);
+    // A folder's file may have moved since it was queued: read it where it is now.
+    let path = lib.readable_path(row).await?;
     let progress = |done: i32, total: i32| {
         lib.events.send(FileEvent::progress(id, done, total));
     };
