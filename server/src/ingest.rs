@@ -129,18 +129,7 @@ async fn run_in_place(args: IngestArgs) -> Result<ExitCode> {
             pending.insert(row.id);
         }
     }
-    let bar = if args.no_progress {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::with_draw_target(Some(pending.len() as u64), ProgressDrawTarget::stderr())
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files ({per_sec}, eta {eta}) {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
+    let bar = progress_bar(pending.len(), args.no_progress);
     let mut report = IngestReport::default();
     resync(&library, &mut pending, &names, &mut report, &bar).await?;
     wait_for(
@@ -169,6 +158,23 @@ async fn run_in_place(args: IngestArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The files-done bar on stderr (hidden with `--no-progress`).
+fn progress_bar(files: usize, hidden: bool) -> ProgressBar {
+    let bar = if hidden {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(Some(files as u64), ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files ({per_sec}, eta {eta}) {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
 }
 
 /// Follows processing events until nothing is pending (or Ctrl-C).
@@ -232,18 +238,7 @@ async fn run_copy(args: IngestArgs) -> Result<ExitCode> {
     let mut events = library.events.subscribe();
     let started = Instant::now();
 
-    let bar = if args.no_progress {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr())
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} files ({per_sec}, eta {eta}) {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
+    let bar = progress_bar(files.len(), args.no_progress);
 
     let mut report = IngestReport::default();
     let mut pending: HashSet<Uuid> = HashSet::new();

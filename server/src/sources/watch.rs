@@ -123,33 +123,12 @@ fn take_event(
         Err(e) => {
             // Overflow and the like: rescan whatever the error names, or everything.
             tracing::warn!(error = %e, "folder watcher error; rescanning");
-            let sources: HashSet<Uuid> = if e.paths.is_empty() {
-                watched.values().copied().collect()
-            } else {
-                e.paths
-                    .iter()
-                    .filter_map(|p| source_of(watched, p))
-                    .collect()
-            };
-            for source in sources {
-                lib.spawn_scan(source);
-            }
+            rescan(lib, watched, &e.paths);
             return;
         }
     };
     if event.need_rescan() {
-        let sources: HashSet<Uuid> = if event.paths.is_empty() {
-            watched.values().copied().collect()
-        } else {
-            event
-                .paths
-                .iter()
-                .filter_map(|p| source_of(watched, p))
-                .collect()
-        };
-        for source in sources {
-            lib.spawn_scan(source);
-        }
+        rescan(lib, watched, &event.paths);
         return;
     }
     if matches!(event.kind, notify::EventKind::Access(_)) {
@@ -172,6 +151,19 @@ fn take_event(
         });
         entry.last_event = Instant::now();
         entry.looked = None;
+    }
+}
+
+/// Scans the sources of `paths` whole (every watched source when none is named): events
+/// were lost there.
+fn rescan(lib: &Arc<Library>, watched: &HashMap<PathBuf, Uuid>, paths: &[PathBuf]) {
+    let sources: HashSet<Uuid> = if paths.is_empty() {
+        watched.values().copied().collect()
+    } else {
+        paths.iter().filter_map(|p| source_of(watched, p)).collect()
+    };
+    for source in sources {
+        lib.spawn_scan(source);
     }
 }
 
