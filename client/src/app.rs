@@ -7,8 +7,8 @@ use crate::api::Api;
 use crate::components::{ConnectionBanner, ConnectionDot};
 use crate::library::{Follow, LibraryView};
 use crate::live::{self, ConnState, Handlers};
-use crate::model::EventKind;
-use crate::pages::{Analytics, FileDetail, Library, NotFound, Search, System};
+use crate::model::{EventKind, Place, SourceScan};
+use crate::pages::{Analytics, FileDetail, Library, NotFound, Search, Sources, System};
 use crate::platform;
 
 /// The live connection's state.
@@ -20,6 +20,11 @@ pub static ACTIVITY: GlobalSignal<u64> = Signal::global(|| 0);
 /// Bumped when the subscription is back after a loss: events may have been
 /// missed, so views refetch.
 pub static RESYNC: GlobalSignal<u64> = Signal::global(|| 0);
+/// Which source or folder the Library list shows (set there, or by the Sources page).
+pub static PLACE: GlobalSignal<Place> = Signal::global(Place::default);
+/// The latest SCAN event of each source, live.
+pub static SCANS: GlobalSignal<std::collections::HashMap<String, SourceScan>> =
+    Signal::global(Default::default);
 
 #[derive(Clone, Routable, Debug, PartialEq)]
 #[rustfmt::skip]
@@ -31,6 +36,8 @@ pub enum Route {
         Search { q: String, similar: String },
         #[route("/library/:id?:t")]
         FileDetail { id: String, t: f64 },
+        #[route("/sources")]
+        Sources {},
         #[route("/analytics")]
         Analytics {},
         #[route("/system")]
@@ -55,7 +62,19 @@ fn start_live_connection() {
             state: Box::new(|state| *CONNECTION.write() = state),
             event: Box::new(|event| {
                 match event.kind {
-                    EventKind::Subscribed | EventKind::Scan => return,
+                    EventKind::Subscribed => return,
+                    // A folder scan advanced: the Sources page shows it as it goes.
+                    EventKind::Scan => {
+                        if let Some(scan) = event.scan {
+                            SCANS.write().insert(scan.source_id.clone(), scan);
+                        }
+                        return;
+                    }
+                    // A reindex advanced: summaries (the System page) refresh.
+                    EventKind::Reindex => {
+                        *ACTIVITY.write() += 1;
+                        return;
+                    }
                     // Events were dropped: refetch what is shown, as after a reconnect.
                     EventKind::Lagged => {
                         *RESYNC.write() += 1;
@@ -114,6 +133,7 @@ fn Shell() -> Element {
             },
             "Search",
         ),
+        (Route::Sources {}, "Sources"),
         (Route::Analytics {}, "Analytics"),
         (Route::System {}, "System"),
     ];

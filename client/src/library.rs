@@ -2,7 +2,7 @@
 //! newest first, kept current by subscription events.
 
 use crate::api::FilePage;
-use crate::model::{EventKind, FileEvent, FileInfo, Status};
+use crate::model::{EventKind, FileEvent, FileInfo, Place, Status};
 
 /// Files listed, in the server's order (newest first).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -14,6 +14,9 @@ pub struct LibraryView {
     pub end_cursor: Option<String>,
     /// Only files in this state; all when `None`.
     pub filter: Option<Status>,
+    /// Only files in this source or folder. Events do not say where a file is, so a
+    /// placed view updates the files it lists and does not take in others.
+    pub place: Place,
     /// A first page has arrived.
     pub loaded: bool,
 }
@@ -30,12 +33,18 @@ pub enum Follow {
 impl LibraryView {
     /// Replaces everything with a first page.
     pub fn reset(&mut self, filter: Option<Status>, page: FilePage) {
+        self.reset_at(filter, Place::default(), page);
+    }
+
+    /// Replaces everything with a first page of the files in `place`.
+    pub fn reset_at(&mut self, filter: Option<Status>, place: Place, page: FilePage) {
         *self = LibraryView {
             files: Vec::new(),
             total: page.total,
             has_next: page.has_next,
             end_cursor: page.end_cursor.clone(),
             filter,
+            place,
             loaded: true,
         };
         self.extend(page.files);
@@ -88,6 +97,10 @@ impl LibraryView {
             *existing = file;
             return;
         }
+        if !self.place.is_all() {
+            // Whether it lies in the place is not known here; the next reload shows it.
+            return;
+        }
         // RFC 3339 in UTC from one server: text order is time order.
         let position = self
             .files
@@ -106,7 +119,7 @@ impl LibraryView {
         // Markers about the stream itself, not about a file (the app resyncs on Lagged).
         if matches!(
             event.kind,
-            EventKind::Subscribed | EventKind::Lagged | EventKind::Scan
+            EventKind::Subscribed | EventKind::Lagged | EventKind::Scan | EventKind::Reindex
         ) {
             return Follow::Nothing;
         }
@@ -135,7 +148,7 @@ impl LibraryView {
                     Follow::Nothing
                 }
             }
-            None if self.loaded => Follow::Fetch(event.file_id.clone()),
+            None if self.loaded && self.place.is_all() => Follow::Fetch(event.file_id.clone()),
             None => Follow::Nothing,
         }
     }
@@ -179,6 +192,7 @@ mod tests {
             windows_total: total,
             error_code: None,
             error_message: None,
+            scan: None,
         }
     }
 
@@ -322,5 +336,35 @@ mod tests {
         // Deleting what is not here changes nothing.
         v.apply(&event("q", EventKind::Deleted, Status::Queued, 0, 0));
         assert_eq!(v.total, 0);
+    }
+
+    #[test]
+    fn a_placed_view_updates_its_files_and_takes_in_no_others() {
+        let mut v = LibraryView::default();
+        let place = Place {
+            source_id: Some("s1".into()),
+            folder: Some("/music/drums".into()),
+        };
+        v.reset_at(
+            None,
+            place,
+            page(vec![file("a", "01", Status::Queued)], 1, false),
+        );
+        // An event about a file of the view updates it.
+        let follow = v.apply(&event("a", EventKind::Progress, Status::Embedding, 1, 2));
+        assert_eq!(follow, Follow::Nothing);
+        assert_eq!(v.files[0].windows_done, 1);
+        // A file the view does not list may lie elsewhere: not fetched, not inserted.
+        let follow = v.apply(&event("b", EventKind::Added, Status::Queued, 0, 0));
+        assert_eq!(follow, Follow::Nothing);
+        v.upsert(file("c", "02", Status::Queued));
+        assert_eq!(ids(&v), ["a"]);
+        assert_eq!(v.total, 1);
+        // The whole library takes them in.
+        v.reset(None, page(vec![file("a", "01", Status::Queued)], 1, false));
+        assert_eq!(
+            v.apply(&event("b", EventKind::Added, Status::Queued, 0, 0)),
+            Follow::Fetch("b".into())
+        );
     }
 }

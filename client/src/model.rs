@@ -111,6 +111,8 @@ pub enum EventKind {
     Lagged,
     /// A folder scan's progress (about a source, not a file).
     Scan,
+    /// A reindex with another model advanced or switched (about the library, not a file).
+    Reindex,
 }
 
 /// One processing event from the subscription.
@@ -123,6 +125,116 @@ pub struct FileEvent {
     pub windows_total: i64,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
+    /// On SCAN events: the scan's progress.
+    pub scan: Option<SourceScan>,
+}
+
+/// Where a source's scanning stands (`SourceState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    Idle,
+    Scanning,
+    Unavailable,
+    Detached,
+}
+
+impl SourceState {
+    pub fn label(self) -> &'static str {
+        match self {
+            SourceState::Idle => "Up to date",
+            SourceState::Scanning => "Scanning",
+            SourceState::Unavailable => "Unavailable",
+            SourceState::Detached => "Detached",
+        }
+    }
+
+    pub fn css(self) -> &'static str {
+        match self {
+            SourceState::Idle => "indexed",
+            SourceState::Scanning => "embedding",
+            SourceState::Unavailable => "failed",
+            SourceState::Detached => "queued",
+        }
+    }
+}
+
+/// A scan's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScanCounts {
+    pub found: i64,
+    pub new: i64,
+    pub changed: i64,
+    pub moved: i64,
+    pub gone: i64,
+    pub failed: i64,
+}
+
+impl ScanCounts {
+    /// "found 12 · new 3 · moved 1": the counters that are not zero (found always).
+    pub fn summary(&self) -> String {
+        let mut parts = vec![format!("found {}", self.found)];
+        for (label, n) in [
+            ("new", self.new),
+            ("changed", self.changed),
+            ("moved", self.moved),
+            ("gone", self.gone),
+            ("unreadable", self.failed),
+        ] {
+            if n > 0 {
+                parts.push(format!("{label} {n}"));
+            }
+        }
+        parts.join(" · ")
+    }
+}
+
+/// A SCAN event's progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceScan {
+    pub source_id: String,
+    pub state: SourceState,
+    pub counts: ScanCounts,
+    pub error: Option<String>,
+}
+
+/// A place the library's files come from: a folder read in place, or the uploads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceInfo {
+    pub id: String,
+    pub is_folder: bool,
+    pub path: String,
+    pub state: SourceState,
+    pub file_count: i64,
+    pub scanned_at: Option<String>,
+    pub counts: ScanCounts,
+    pub error: Option<String>,
+}
+
+impl SourceInfo {
+    /// The row with a live scan's progress laid over it.
+    pub fn with_scan(mut self, scan: Option<&SourceScan>) -> Self {
+        if let Some(scan) = scan.filter(|s| s.source_id == self.id) {
+            self.state = scan.state;
+            self.counts = scan.counts;
+            self.error = scan.error.clone();
+        }
+        self
+    }
+}
+
+/// Which files the library list shows, besides their state: those with a location in
+/// one source, and (optionally) under one folder.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Place {
+    pub source_id: Option<String>,
+    /// An absolute folder path; files at or below it.
+    pub folder: Option<String>,
+}
+
+impl Place {
+    pub fn is_all(&self) -> bool {
+        self.source_id.is_none() && self.folder.is_none()
+    }
 }
 
 /// One ranked file of a search.
@@ -175,3 +287,60 @@ impl SearchOptions {
 
 /// The containers the server accepts, for the format filter.
 pub const FORMATS: [&str; 7] = ["wav", "aiff", "flac", "mp3", "ogg", "mp4", "aac"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(id: &str) -> SourceInfo {
+        SourceInfo {
+            id: id.into(),
+            is_folder: true,
+            path: "/srv/samples".into(),
+            state: SourceState::Idle,
+            file_count: 3,
+            scanned_at: None,
+            counts: ScanCounts {
+                found: 3,
+                ..ScanCounts::default()
+            },
+            error: None,
+        }
+    }
+
+    #[test]
+    fn scan_counters_read_as_a_line() {
+        assert_eq!(ScanCounts::default().summary(), "found 0");
+        let counts = ScanCounts {
+            found: 12,
+            new: 3,
+            moved: 1,
+            failed: 2,
+            ..ScanCounts::default()
+        };
+        assert_eq!(
+            counts.summary(),
+            "found 12 · new 3 · moved 1 · unreadable 2"
+        );
+    }
+
+    #[test]
+    fn a_live_scan_overlays_its_own_source_only() {
+        let scan = SourceScan {
+            source_id: "a".into(),
+            state: SourceState::Scanning,
+            counts: ScanCounts {
+                found: 40,
+                new: 37,
+                ..ScanCounts::default()
+            },
+            error: Some("loop at /srv/samples/link".into()),
+        };
+        let a = source("a").with_scan(Some(&scan));
+        assert_eq!(a.state, SourceState::Scanning);
+        assert_eq!(a.counts.found, 40);
+        assert_eq!(a.error.as_deref(), Some("loop at /srv/samples/link"));
+        assert_eq!(source("b").with_scan(Some(&scan)), source("b"));
+        assert_eq!(source("a").with_scan(None), source("a"));
+    }
+}

@@ -14,6 +14,7 @@ pub mod api_key;
 pub mod audio_file;
 pub mod file_location;
 pub mod library_source;
+pub mod model_index;
 pub mod search_log;
 pub mod server_setting;
 pub mod store;

@@ -65,13 +65,14 @@ async fn reload(db: &DatabaseConnection, id: Uuid) -> audio_file::Model {
     store::get(db, id).await.unwrap().expect("row exists")
 }
 
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
     "audio_file",
     "search_log",
     "api_key",
     "server_setting",
     "library_source",
     "file_location",
+    "model_index",
 ];
 const INDEXES: [(&str, &str); 7] = [
     ("library_source", "idx_library_source_path"),
@@ -105,7 +106,7 @@ backend_tests! {
 
         Migrator::down(db, None).await.unwrap();
         assert_schema(db, false).await;
-        assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 5);
+        assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 6);
 
         Migrator::up(db, None).await.unwrap();
         assert_schema(db, true).await;
@@ -115,6 +116,9 @@ backend_tests! {
 
         // One step at a time, and `up` on an up-to-date schema is a no-op.
         let m = SchemaManager::new(db);
+        assert!(m.has_table("model_index").await.unwrap());
+        Migrator::down(db, Some(1)).await.unwrap();
+        assert!(!m.has_table("model_index").await.unwrap());
         assert!(m.has_table("file_location").await.unwrap());
         Migrator::down(db, Some(1)).await.unwrap();
         assert!(!m.has_table("file_location").await.unwrap());
@@ -929,5 +933,87 @@ backend_tests! {
         assert_eq!(back.state, SourceState::Idle, "adding a detached folder attaches it");
         assert!(sources::delete_source(db, a.id).await.unwrap());
         assert!(sources::get_source(db, a.id).await.unwrap().is_none());
+    }
+}
+
+backend_tests! {
+    /// Model indexes: the first becomes active, another is recorded once (a second insert
+    /// returns the row), activation retires the old one and records the new model on every
+    /// indexed file, and the reindex walks indexed files a page at a time in id order.
+    async fn model_indexes(t: TestDb) {
+        use entity::model_index::ModelState;
+        use entity::store::models::{self, NewModelIndex};
+        let db = &t.db;
+        assert!(models::active_model(db).await.unwrap().is_none());
+        let new = |key: &str, model: &str, dim: i32, state| NewModelIndex {
+            key: key.into(),
+            model_id: model.into(),
+            weights_digest: format!("{:0>64}", dim),
+            dim,
+            location: format!("indexes/{key}"),
+            state,
+        };
+        let a = models::insert_model(db, new("a@1", "/m/a", 24, ModelState::Active))
+            .await
+            .unwrap();
+        assert_eq!(a.state, ModelState::Active);
+        assert!(a.activated_at.is_some());
+        let b = models::insert_model(db, new("b@2", "/m/b", 20, ModelState::Building))
+            .await
+            .unwrap();
+        assert_eq!((b.state, b.dim, b.activated_at), (ModelState::Building, 20, None));
+        // Recorded once: the second insert (another replica starting) gets the same row.
+        let again = models::insert_model(db, new("b@2", "/m/other", 99, ModelState::Active))
+            .await
+            .unwrap();
+        assert_eq!((again.model_id.as_str(), again.dim), ("/m/b", 20));
+        assert_eq!(models::active_model(db).await.unwrap().unwrap().key, "a@1");
+
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let row = insert(db, n).await;
+            if n != 2 {
+                store::mark_indexed(db, row.id, "/m/a").await.unwrap();
+                ids.push(row.id);
+            }
+        }
+        ids.sort();
+        assert_eq!(models::count_indexed(db).await.unwrap(), 4);
+        let first = models::indexed_file_ids(db, None, None, 3).await.unwrap();
+        assert_eq!(first, ids[..3]);
+        let rest = models::indexed_file_ids(db, None, Some(first[2]), 3).await.unwrap();
+        assert_eq!(rest, ids[3..]);
+        assert!(models::indexed_file_ids(db, None, Some(ids[3]), 3).await.unwrap().is_empty());
+        let later = store::now() + chrono::Duration::seconds(5);
+        assert!(models::indexed_file_ids(db, Some(later), None, 9).await.unwrap().is_empty());
+        let earlier = store::now() - chrono::Duration::seconds(60);
+        assert_eq!(models::indexed_file_ids(db, Some(earlier), None, 9).await.unwrap(), ids);
+        assert_eq!(models::indexed_model_ids(db).await.unwrap(), ["/m/a"]);
+
+        let saved = models::save_model_progress(db, "b@2", 3, 1, 4).await.unwrap();
+        assert_eq!((saved.files_done, saved.files_failed, saved.files_total), (3, 1, 4));
+        let ready = models::set_model_state(db, "b@2", ModelState::Ready, None).await.unwrap();
+        assert!(ready.completed_at.is_some());
+
+        let active = models::activate(db, "b@2").await.unwrap();
+        assert_eq!(active.state, ModelState::Active);
+        assert!(active.activated_at.is_some());
+        let old = models::get_model(db, "a@1").await.unwrap().unwrap();
+        assert_eq!(old.state, ModelState::Retired);
+        assert_eq!(models::active_model(db).await.unwrap().unwrap().key, "b@2");
+        for id in &ids {
+            let row = reload(db, *id).await;
+            assert_eq!(row.model_id.as_deref(), Some("/m/b"));
+        }
+        let listed: Vec<String> = models::list_models(db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(listed, ["a@1", "b@2"]);
+        assert!(models::delete_model(db, "a@1").await.unwrap());
+        assert!(!models::delete_model(db, "a@1").await.unwrap());
+        assert_eq!(models::list_models(db).await.unwrap().len(), 1);
     }
 }

@@ -141,6 +141,22 @@ impl QdrantIndex {
         Ok(index)
     }
 
+    /// Deletes the two collections `config` names, with every point in them (a model index
+    /// that is no longer wanted). Collections that do not exist are not an error.
+    pub async fn drop_collections(config: QdrantConfig) -> Result<()> {
+        let index = Self::connect(config).await?;
+        for kind in Kind::ALL {
+            let name = index.collection(kind).to_owned();
+            index
+                .send("collection delete", &name, |c, r| async move {
+                    c.delete_collection(r).await
+                })
+                .await?;
+            tracing::info!(collection = %name, "Qdrant collection deleted");
+        }
+        Ok(())
+    }
+
     /// The configuration this index was opened with.
     pub fn config(&self) -> &QdrantConfig {
         &self.inner.config

@@ -1,5 +1,5 @@
 //! sea-orm migrations of the Traum library: the `audio_file` (with its work lease),
-//! `search_log`, `api_key`, `server_setting`, `library_source` and `file_location` tables. The server runs them at start-up (`entity::store::connect_and_migrate`);
+//! `search_log`, `api_key`, `server_setting`, `library_source`, `file_location` and `model_index` tables. The server runs them at start-up (`entity::store::connect_and_migrate`);
 //! `cargo run -p migration -- <up|down|status|fresh|refresh|reset>` runs them by
 //! hand against `DATABASE_URL`.
 //!
@@ -16,11 +16,13 @@ mod m20261124_000002_create_search_log;
 mod m20261201_000003_create_api_key;
 mod m20261202_000004_add_lease_token;
 mod m20261203_000005_create_sources;
+mod m20261203_000006_create_model_index;
 
 pub use m20261124_000001_create_audio_file::AudioFile;
 pub use m20261124_000002_create_search_log::SearchLog;
 pub use m20261201_000003_create_api_key::{ApiKey, ServerSetting};
 pub use m20261203_000005_create_sources::{FileLocation, LibrarySource};
+pub use m20261203_000006_create_model_index::ModelIndex;
 
 /// Every migration of the library, oldest first.
 pub struct Migrator;
@@ -34,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000003_create_api_key::Migration),
             Box::new(m20261202_000004_add_lease_token::Migration),
             Box::new(m20261203_000005_create_sources::Migration),
+            Box::new(m20261203_000006_create_model_index::Migration),
         ]
     }
 }

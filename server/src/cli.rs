@@ -81,6 +81,11 @@ pub struct LibraryArgs {
     /// time.
     #[arg(long, env = "TRAUM_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// When --model is not the model the library's index was made with, the current index
+    /// keeps serving while the new model reindexes in the background; then: auto (switch
+    /// when complete) or manual (switch with the switchModel mutation).
+    #[arg(long, env = "TRAUM_SWITCH", default_value = "auto")]
+    pub switch: crate::models::SwitchMode,
     /// Where the originals are kept instead of the data directory: a directory every replica
     /// mounts (each stages its uploads in its own subdirectory of it).
     #[arg(long, env = "TRAUM_STORAGE_DIR")]

@@ -42,6 +42,68 @@ pub enum FileEventKind {
     /// A folder scan advanced, or ended: `scan` says where it stands. `fileId` is the nil
     /// UUID.
     Scan,
+    /// A reindex with another model advanced, completed or switched: `reindex` says where
+    /// it stands. `fileId` is the nil UUID.
+    Reindex,
+}
+
+/// Where a model index stands, as the API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Serialize, Deserialize)]
+#[graphql(name = "ModelIndexState")]
+pub enum ApiModelState {
+    /// Serving search; new files are embedded with this model.
+    Active,
+    /// Being filled by a background reindex (or paused while the server runs another model).
+    Building,
+    /// Complete; `switchModel` makes it active.
+    Ready,
+    /// Formerly active, kept until `dropModel`.
+    Retired,
+}
+
+impl From<entity::model_index::ModelState> for ApiModelState {
+    fn from(s: entity::model_index::ModelState) -> Self {
+        use entity::model_index::ModelState as S;
+        match s {
+            S::Active => ApiModelState::Active,
+            S::Building => ApiModelState::Building,
+            S::Ready => ApiModelState::Ready,
+            S::Retired => ApiModelState::Retired,
+        }
+    }
+}
+
+/// Where a reindex with another model stands (the `reindex` of a REINDEX event).
+#[derive(Debug, Clone, PartialEq, SimpleObject, Serialize, Deserialize)]
+pub struct ModelReindex {
+    /// The new model's index key (`<model>@<weights digest>`).
+    pub key: String,
+    /// What the new model was loaded from.
+    pub model_id: String,
+    /// BUILDING while files are embedded, READY when complete (waiting for `switchModel`),
+    /// ACTIVE once switched.
+    pub state: ApiModelState,
+    /// Files embedded with the new model so far.
+    pub files_done: i64,
+    /// Files the new model could not embed.
+    pub files_failed: i64,
+    /// Indexed files of the library.
+    pub files_total: i64,
+    pub error: Option<String>,
+}
+
+impl From<crate::models::ReindexProgress> for ModelReindex {
+    fn from(p: crate::models::ReindexProgress) -> Self {
+        Self {
+            key: p.key,
+            model_id: p.model_id,
+            state: p.state.into(),
+            files_done: p.done,
+            files_failed: p.failed,
+            files_total: p.total,
+            error: p.error,
+        }
+    }
 }
 
 /// Where a folder source's scanning stands (the `scan` of a SCAN event).
@@ -159,6 +221,8 @@ pub struct FileEvent {
     pub missed: Option<i32>,
     /// On SCAN events: the folder scan's progress; null on others.
     pub scan: Option<SourceScan>,
+    /// On REINDEX events: the reindex's progress; null on others.
+    pub reindex: Option<ModelReindex>,
     pub at: DateTime<Utc>,
 }
 
@@ -174,6 +238,7 @@ impl FileEvent {
             error_message: row.error_message.clone(),
             missed: None,
             scan: None,
+            reindex: None,
             at: Utc::now(),
         }
     }
@@ -189,6 +254,7 @@ impl FileEvent {
             error_message: None,
             missed: None,
             scan: None,
+            reindex: None,
             at: Utc::now(),
         }
     }
@@ -205,6 +271,7 @@ impl FileEvent {
             error_message: None,
             missed: missed.map(|n| n.min(i32::MAX as u64) as i32),
             scan: None,
+            reindex: None,
             at: Utc::now(),
         }
     }
@@ -214,6 +281,14 @@ impl FileEvent {
         Self {
             scan: Some(scan),
             ..Self::marker(FileEventKind::Scan, None)
+        }
+    }
+
+    /// A REINDEX event.
+    pub fn reindex_progress(reindex: ModelReindex) -> Self {
+        Self {
+            reindex: Some(reindex),
+            ..Self::marker(FileEventKind::Reindex, None)
         }
     }
 

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod library;
 pub mod logging;
 pub mod metrics;
+pub mod models;
 pub mod pipeline;
 pub mod serve;
 pub mod sources;

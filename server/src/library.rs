@@ -16,15 +16,14 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use traum_index::{
-    EdgeIndex, FileHit, IndexConfig, QdrantConfig, QdrantIndex, SearchParams, VectorIndex,
-};
+use traum_index::{FileHit, QdrantConfig, SearchParams, VectorIndex};
 use uuid::Uuid;
 
 use crate::cluster::{self, ActiveFiles, Hearers, Outgoing, Relay};
 use crate::error::ApiError;
 use crate::events::{EventBus, FileEvent, FileEventKind};
 use crate::metrics::Metrics;
+use crate::models::{self, ModelVersion, Models, SwitchMode};
 use crate::pipeline::batcher::{BatcherConfig, EmbedError, Embedder};
 use crate::pipeline::maintenance::{self, IndexMaintenance};
 use crate::storage::{DataDirLock, DataPaths, StagedFile};
@@ -60,6 +59,11 @@ pub struct LibraryConfig {
     pub vector_store: VectorStore,
     /// Search and quantization settings of the in-process store (`VectorStore::Edge`).
     pub edge_index: EdgeIndexSettings,
+    /// How the library's active model is loaded when the server runs another (a reindex):
+    /// the device, precision and batch size (`model` is set from the library's record).
+    pub model_options: clap_model::EmbedderOptions,
+    /// When a complete reindex becomes the active index.
+    pub switch: SwitchMode,
 }
 
 /// Settings of the in-process store the command line can change (see `traum-index`'s
@@ -102,18 +106,9 @@ impl LibraryConfig {
             index_maintenance: Some(IndexMaintenance::default()),
             vector_store: VectorStore::Edge,
             edge_index: EdgeIndexSettings::default(),
+            model_options: clap_model::EmbedderOptions::default(),
+            switch: SwitchMode::Auto,
         }
-    }
-}
-
-/// The model's name in Qdrant collection names: a hub id as it is
-/// (`laion/larger_clap_music_and_speech`), a model directory by its last component.
-fn collection_model_name(model_id: &str) -> String {
-    let path = std::path::Path::new(model_id);
-    let is_dir = model_id.starts_with(['/', '.', '~']) || path.is_dir();
-    match path.file_name().and_then(|n| n.to_str()) {
-        Some(name) if is_dir => name.to_owned(),
-        _ => model_id.to_owned(),
     }
 }
 
@@ -129,15 +124,17 @@ pub struct SearchHit {
 pub struct SearchOutcome {
     pub hits: Vec<SearchHit>,
     pub latency_ms: f64,
+    /// The model index that answered (its key).
+    pub model: String,
 }
 
 /// The open library. Shared as `Arc<Library>`.
 pub struct Library {
     pub db: DatabaseConnection,
-    pub index: Arc<dyn VectorIndex>,
+    /// The active model and its index, and the target of a reindex.
+    pub models: Models,
     /// `qdrant-edge` (in-process) or `qdrant` (server).
     pub index_kind: &'static str,
-    pub embedder: Embedder,
     pub events: EventBus,
     pub metrics: Metrics,
     pub paths: DataPaths,
@@ -166,7 +163,6 @@ pub struct Library {
     pub shutdown: CancellationToken,
     /// Searches in flight (bounded: overload is an error, not a queue).
     searches: Arc<tokio::sync::Semaphore>,
-    batcher_task: Mutex<Option<JoinHandle<()>>>,
     maintenance_task: Mutex<Option<JoinHandle<()>>>,
     /// Folder sources: per-source locks, and the watcher's wake-up.
     pub(crate) folders: crate::sources::Folders,
@@ -201,32 +197,61 @@ impl Library {
                 url: redact_url(&url),
                 source,
             })?;
+        let index_kind = match &config.vector_store {
+            VectorStore::Edge => "qdrant-edge",
+            VectorStore::Qdrant(_) => "qdrant",
+        };
+        // Which model this is (id and weights), and whether it is the library's active one
+        // or the target of a reindex.
+        let loaded_id = model.info().model_id.clone();
+        let digest = {
+            let id = loaded_id.clone();
+            tokio::task::spawn_blocking(move || models::weights_digest(&id))
+                .await
+                .map_err(|e| OpenError::Other(e.to_string()))?
+                .map_err(|e| OpenError::Other(format!("cannot read the model's weights: {e}")))?
+        };
         let dim = model.info().embedding_dim;
-        let (index, index_kind): (Arc<dyn VectorIndex>, _) = match &config.vector_store {
-            VectorStore::Edge => {
-                let mut index_config = IndexConfig::new(paths.index(), dim);
-                let settings = config.edge_index;
-                index_config.int8 = settings.int8;
-                if settings.hnsw_ef.is_some() {
-                    index_config.hnsw_ef = settings.hnsw_ef;
-                }
-                index_config.file_candidates = settings.file_candidates;
-                let index = tokio::task::spawn_blocking(move || EdgeIndex::open(index_config))
-                    .await
-                    .map_err(|e| OpenError::Other(e.to_string()))?
-                    .map_err(OpenError::Index)?;
-                (Arc::new(index), "qdrant-edge")
-            }
-            VectorStore::Qdrant(qdrant) => {
-                let mut qdrant = (**qdrant).clone();
-                qdrant.model = collection_model_name(&model.info().model_id);
-                qdrant.dim = dim;
-                let index = QdrantIndex::connect(qdrant)
-                    .await
-                    .map_err(OpenError::Qdrant)?;
-                (Arc::new(index), "qdrant")
+        let resolved = models::resolve(&db, &config.vector_store, &loaded_id, &digest, dim).await?;
+        let metrics = Metrics::new();
+        let (active_model, target_model) = match resolved.target {
+            None => (model, None),
+            Some(target) => {
+                tracing::info!(
+                    active = %resolved.active.key,
+                    new = %target.key,
+                    "the library's index was made with another model: it keeps serving while \
+                     the new model reindexes"
+                );
+                let active = models::load_active(&config, &resolved.active).await?;
+                (active, Some((target, model)))
             }
         };
+        let version = |row: &entity::model_index::Model,
+                       embedder: ClapEmbedder,
+                       index: Arc<dyn VectorIndex>| {
+            let (embedder, batcher) =
+                Embedder::start(Arc::new(embedder), config.batcher, metrics.clone());
+            ModelVersion::new(row, embedder, batcher, index)
+        };
+        let active_index = models::open_index(
+            &config,
+            &paths,
+            &resolved.active.location,
+            resolved.active.dim as usize,
+        )
+        .await?;
+        let active = version(&resolved.active, active_model, active_index);
+        let (target, progress) = match target_model {
+            None => (None, None),
+            Some((row, embedder)) => {
+                let index =
+                    models::open_index(&config, &paths, &row.location, row.dim as usize).await?;
+                let progress = models::ReindexProgress::from_row(&row);
+                (Some(version(&row, embedder, index)), Some(progress))
+            }
+        };
+        let models = Models::new(active, target, progress, config.switch);
         let removed = paths.clean_incoming().unwrap_or(0);
         if removed > 0 {
             tracing::info!(removed, "removed unfinished uploads");
@@ -244,7 +269,6 @@ impl Library {
         if adopted > 0 {
             tracing::info!(adopted, "recorded the locations of stored uploads");
         }
-        let metrics = Metrics::new();
         let work = Arc::new(Notify::new());
         let active: ActiveFiles = Default::default();
         let shutdown = CancellationToken::new();
@@ -267,13 +291,10 @@ impl Library {
         } else {
             (EventBus::new(4096), None, None)
         };
-        let (embedder, batcher_task) =
-            Embedder::start(Arc::new(model), config.batcher, metrics.clone());
         let library = Arc::new(Self {
             db,
-            index,
+            models,
             index_kind,
-            embedder,
             events,
             metrics,
             paths,
@@ -292,7 +313,6 @@ impl Library {
                 config.max_concurrent_searches.max(1),
             )),
             config,
-            batcher_task: Mutex::new(Some(batcher_task)),
             maintenance_task: Mutex::new(None),
             folders: Default::default(),
         });
@@ -308,13 +328,15 @@ impl Library {
             // optimisation, is brought up to date once the start is quiet.
             library.index_changed();
         }
+        models::start(&library);
         Ok(library)
     }
 
     /// The vector store's status (nodes, collections), also recorded in the metrics. Bounded:
     /// a store that does not answer within 5 s is reported as an error.
     pub async fn index_status(&self) -> Result<traum_index::IndexStatus, String> {
-        match tokio::time::timeout(Duration::from_secs(5), self.index.status()).await {
+        let index = self.models.active().index.clone();
+        match tokio::time::timeout(Duration::from_secs(5), index.status()).await {
             Ok(Ok(status)) => {
                 self.metrics.record_index_status(&status);
                 Ok(status)
@@ -519,7 +541,10 @@ impl Library {
         let row = store::delete(&self.db, id)
             .await?
             .ok_or_else(|| ApiError::not_found_file(id))?;
-        self.index.delete_file(id).await?;
+        // From every index this process writes: the target of a reindex must not keep it.
+        for index in self.models.indexes() {
+            index.delete_file(id).await?;
+        }
         self.index_changed();
         if !Path::new(&row.stored_path).is_absolute() && !copies.contains(&row.stored_path) {
             copies.push(row.stored_path.clone());
@@ -593,13 +618,14 @@ impl Library {
 
     async fn search_vector(
         &self,
+        model: &ModelVersion,
         kind: SearchKind,
         query_text: Option<String>,
         vector: &[f32],
         params: SearchParams,
         started: Instant,
     ) -> Result<SearchOutcome, ApiError> {
-        let hits = self.index.search(vector, params).await?;
+        let hits = model.index.search(vector, params).await?;
         let hits = self.attach_rows(hits).await?;
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
         self.metrics
@@ -619,7 +645,11 @@ impl Library {
         if let Err(e) = logged {
             tracing::warn!(error = %e, "could not log a search");
         }
-        Ok(SearchOutcome { hits, latency_ms })
+        Ok(SearchOutcome {
+            hits,
+            latency_ms,
+            model: model.key.clone(),
+        })
     }
 
     /// Files that sound like the text.
@@ -634,12 +664,15 @@ impl Library {
         if text.is_empty() {
             return Err(ApiError::BadRequest("the search text is empty".into()));
         }
-        let vector = self
+        // The query is embedded by the model of the index it searches, even across a switch.
+        let model = self.models.active();
+        let vector = model
             .embedder
             .embed_text(text.to_string())
             .await
             .map_err(embed_error)?;
         self.search_vector(
+            &model,
             SearchKind::Text,
             Some(text.to_string()),
             &vector,
@@ -658,13 +691,22 @@ impl Library {
         let started = Instant::now();
         let _slot = self.search_slot()?;
         let name = clip.original_name.clone();
-        let windows = crate::pipeline::embed_file_windows(self, &clip.tmp_path).await?;
+        let model = self.models.active();
+        let windows =
+            crate::pipeline::embed_file_windows(self, &model.embedder, &clip.tmp_path).await?;
         drop(clip);
         let vectors: Vec<&[f32]> = windows.iter().map(|w| w.vector.as_slice()).collect();
         let vector = clap_model::mean_embedding(&vectors)
             .ok_or_else(|| ApiError::BadRequest(format!("{name}: the clip holds no audio")))?;
-        self.search_vector(SearchKind::Audio, Some(name), &vector, params, started)
-            .await
+        self.search_vector(
+            &model,
+            SearchKind::Audio,
+            Some(name),
+            &vector,
+            params,
+            started,
+        )
+        .await
     }
 
     /// Files that sound like a file of the library (never itself).
@@ -676,7 +718,8 @@ impl Library {
         let started = Instant::now();
         let _slot = self.search_slot()?;
         let row = self.get(id).await?;
-        let vector = self.index.file_vector(id).await?.ok_or_else(|| {
+        let model = self.models.active();
+        let vector = model.index.file_vector(id).await?.ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "{} is not indexed yet (status {}); try again when it is",
                 row.original_name, row.status
@@ -684,6 +727,7 @@ impl Library {
         })?;
         params.exclude_file = Some(id);
         self.search_vector(
+            &model,
             SearchKind::Similar,
             Some(id.to_string()),
             &vector,
@@ -708,7 +752,9 @@ impl Library {
     pub async fn optimize_index(&self) -> Result<(), ApiError> {
         let started = Instant::now();
         let pending = self.metrics.index_writes_pending.get();
-        self.index.optimize().await?;
+        for index in self.models.indexes() {
+            index.optimize().await?;
+        }
         self.metrics.index_writes_pending.sub(pending);
         let elapsed = started.elapsed().as_secs_f64();
         self.metrics.index_optimize_seconds.observe(elapsed);
@@ -736,12 +782,13 @@ impl Library {
             // first: the flush would wait for its write lock anyway).
             let _ = task.await;
         }
-        if let Err(e) = self.index.flush().await {
-            tracing::error!(error = %e, "flushing the index at shutdown failed");
+        self.models.stop_task().await;
+        for index in self.models.indexes() {
+            if let Err(e) = index.flush().await {
+                tracing::error!(error = %e, "flushing the index at shutdown failed");
+            }
         }
-        if let Some(task) = self.batcher_task.lock().unwrap().take() {
-            task.abort();
-        }
+        self.models.shutdown();
         // The last events (files given back) go out before the listener stops.
         self.events.flush().await;
         if let Some(relay) = self.relay.lock().unwrap().take() {

@@ -63,6 +63,13 @@ pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryCo
         }
     }
     config.vector_store = vector_store(&args.vectors)?;
+    config.switch = args.switch;
+    config.model_options = clap_model::EmbedderOptions {
+        model: model.model.clone(),
+        device: model.device,
+        precision: model.dtype,
+        max_batch: model.batch_size,
+    };
     if let Some(ef) = args.vectors.index_search_ef {
         if !(1..=10_000).contains(&ef) {
             bail!("--index-search-ef must be between 1 and 10000, got {ef}");
@@ -224,7 +231,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.bind))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, model = %library.embedder.info().model_id, "serving");
+    tracing::info!(%addr, model = %library.models.active().key, "serving");
     // One machine-readable line on stdout: tests and scripts read the port.
     println!("traum listening on http://{addr}");
 

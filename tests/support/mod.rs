@@ -31,6 +31,12 @@ pub fn tiny_model() -> PathBuf {
     repo_root().join("tests/fixtures/clap/models/tiny-a")
 }
 
+/// The second tiny model: other weights, 20-dimensional embeddings (tiny-a's are 24).
+#[allow(dead_code)]
+pub fn tiny_model_b() -> PathBuf {
+    repo_root().join("tests/fixtures/clap/models/tiny-b")
+}
+
 pub fn audio_fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/audio").join(name)
 }
@@ -57,6 +63,8 @@ pub struct Options {
     /// Run the server with its data directory on a tmpfs of this size, in a mount namespace
     /// of its own (`unshare -m`; root only).
     pub tmpfs: Option<String>,
+    /// Another model than [`tiny_model`].
+    pub model: Option<PathBuf>,
 }
 
 impl Options {
@@ -70,6 +78,11 @@ impl Options {
     }
     pub fn tmpfs(mut self, size: &str) -> Self {
         self.tmpfs = Some(size.into());
+        self
+    }
+    #[allow(dead_code)]
+    pub fn model(mut self, dir: PathBuf) -> Self {
+        self.model = Some(dir);
         self
     }
 }
@@ -411,7 +424,7 @@ fn serve_args(cmd: &mut Command, data_dir: &Path, options: &Options) {
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--model")
-        .arg(tiny_model())
+        .arg(options.model.clone().unwrap_or_else(tiny_model))
         .args(&options.args)
         .env("RUST_LOG", "info,sqlx=warn,sea_orm=warn")
         .env_remove("DATABASE_URL")

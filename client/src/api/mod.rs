@@ -5,7 +5,10 @@
 use graphql_client::{GraphQLQuery, QueryBody};
 use serde::de::DeserializeOwned;
 
-use crate::model::{EventKind, FileEvent, FileInfo, Hit, SearchOptions, SearchResults, Status};
+use crate::model::{
+    EventKind, FileEvent, FileInfo, Hit, Place, ScanCounts, SearchOptions, SearchResults,
+    SourceInfo, SourceScan, SourceState, Status,
+};
 use crate::platform::{self, PickedFile, Progress};
 
 /// Scalars of the schema, as the client holds them.
@@ -38,6 +41,10 @@ operation!(AudioSearch);
 operation!(DeleteFile);
 operation!(ReprocessFile);
 operation!(LibraryEvents);
+operation!(Sources);
+operation!(AddFolder);
+operation!(RescanFolder);
+operation!(RemoveFolder);
 
 /// Why a call failed, for people; `code` is the server's
 /// `extensions.code` (or `OFFLINE` / `HTTP` / `BAD_RESPONSE` from here).
@@ -202,6 +209,7 @@ impl Api {
         first: i64,
         after: Option<String>,
         status: Option<Status>,
+        place: &Place,
     ) -> Result<FilePage, ApiError> {
         let status = status.map(|s| match s {
             Status::Queued => files::FileStatus::QUEUED,
@@ -215,6 +223,8 @@ impl Api {
                 first,
                 after,
                 status,
+                source_id: place.source_id.clone(),
+                folder: place.folder.clone(),
             })
             .await?;
         Ok(FilePage {
@@ -275,6 +285,62 @@ impl Api {
             .run_upload::<AudioSearch>(v, "file", false, vec![clip], None)
             .await?;
         Ok(data.search_by_audio.into())
+    }
+
+    /// The library's sources: folders by path, then the uploads.
+    pub async fn sources(&self) -> Result<Vec<SourceInfo>, ApiError> {
+        use sources::{SourceKind as K, SourceState as S};
+        let data = self.run::<Sources>(sources::Variables).await?;
+        Ok(data
+            .sources
+            .into_iter()
+            .map(|s| SourceInfo {
+                id: s.id,
+                is_folder: matches!(s.kind, K::FOLDER),
+                path: s.path,
+                state: match s.state {
+                    S::IDLE => SourceState::Idle,
+                    S::SCANNING => SourceState::Scanning,
+                    S::UNAVAILABLE => SourceState::Unavailable,
+                    S::DETACHED | S::Other(_) => SourceState::Detached,
+                },
+                file_count: s.file_count,
+                scanned_at: s.scanned_at,
+                counts: ScanCounts {
+                    found: s.scan.found,
+                    new: s.scan.new,
+                    changed: s.scan.changed,
+                    moved: s.scan.moved,
+                    gone: s.scan.gone,
+                    failed: s.scan.failed,
+                },
+                error: s.scan.error,
+            })
+            .collect())
+    }
+
+    /// Adds a folder the server reads in place, and scans it; its id.
+    pub async fn add_folder(&self, path: &str) -> Result<String, ApiError> {
+        let v = add_folder::Variables {
+            path: path.to_string(),
+        };
+        Ok(self.run::<AddFolder>(v).await?.add_folder.id)
+    }
+
+    pub async fn rescan_folder(&self, id: &str) -> Result<(), ApiError> {
+        let v = rescan_folder::Variables { id: id.to_string() };
+        self.run::<RescanFolder>(v).await?;
+        Ok(())
+    }
+
+    /// Stops reading a folder; with `keep_files` its files stay in the library.
+    pub async fn remove_folder(&self, id: &str, keep_files: bool) -> Result<(), ApiError> {
+        let v = remove_folder::Variables {
+            id: id.to_string(),
+            keep_files,
+        };
+        self.run::<RemoveFolder>(v).await?;
+        Ok(())
     }
 
     /// Uploads files in one request; each comes back on its own.
@@ -428,12 +494,34 @@ impl From<library_events::LibraryEventsLibraryEvents> for FileEvent {
                 K::SUBSCRIBED => EventKind::Subscribed,
                 K::LAGGED => EventKind::Lagged,
                 K::SCAN => EventKind::Scan,
+                K::REINDEX => EventKind::Reindex,
             },
             status: e.status.into(),
             windows_done: e.windows_done,
             windows_total: e.windows_total,
             error_code: e.error_code,
             error_message: e.error_message,
+            scan: e.scan.map(|s| {
+                use library_events::SourceState as S;
+                SourceScan {
+                    source_id: s.source_id,
+                    state: match s.state {
+                        S::IDLE => SourceState::Idle,
+                        S::SCANNING => SourceState::Scanning,
+                        S::UNAVAILABLE => SourceState::Unavailable,
+                        S::DETACHED | S::Other(_) => SourceState::Detached,
+                    },
+                    counts: ScanCounts {
+                        found: s.found,
+                        new: s.new,
+                        changed: s.changed,
+                        moved: s.moved,
+                        gone: s.gone,
+                        failed: s.failed,
+                    },
+                    error: s.error,
+                }
+            }),
         }
     }
 }

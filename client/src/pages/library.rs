@@ -5,10 +5,10 @@ use dioxus::prelude::*;
 
 use super::PAGE_SIZE;
 use crate::api::Api;
-use crate::app::{Route, LIBRARY, RESYNC};
+use crate::app::{Route, LIBRARY, PLACE, RESYNC};
 use crate::components::{ErrorNote, ProgressBar, StatusBadge};
 use crate::format;
-use crate::model::{FileInfo, Status};
+use crate::model::{FileInfo, Place, Status};
 use crate::platform::PickedFile;
 
 /// Files per upload request (the server takes up to 32 by default).
@@ -128,14 +128,19 @@ pub fn Library() -> Element {
     let mut loading_more = use_signal(|| false);
     let mut dragging = use_signal(|| false);
 
-    // The first page: on arrival, when the filter changes, after a reconnect.
+    // The sources, for the source filter (fetched once per visit).
+    let sources = use_resource(move || async move { Api::current().sources().await });
+    let mut folder_text = use_signal(|| PLACE.peek().folder.clone().unwrap_or_default());
+
+    // The first page: on arrival, when a filter changes, after a reconnect.
     use_effect(move || {
         let status = filter();
+        let place = PLACE();
         let _resync = RESYNC();
         spawn(async move {
-            match Api::current().files(PAGE_SIZE, None, status).await {
+            match Api::current().files(PAGE_SIZE, None, status, &place).await {
                 Ok(page) => {
-                    LIBRARY.write().reset(status, page);
+                    LIBRARY.write().reset_at(status, place, page);
                     load_error.set(None);
                 }
                 Err(e) => load_error.set(Some(e.message)),
@@ -144,13 +149,16 @@ pub fn Library() -> Element {
     });
 
     let load_more = move |_| {
-        let (cursor, status) = {
+        let (cursor, status, place) = {
             let view = LIBRARY.peek();
-            (view.end_cursor.clone(), view.filter)
+            (view.end_cursor.clone(), view.filter, view.place.clone())
         };
         loading_more.set(true);
         spawn(async move {
-            match Api::current().files(PAGE_SIZE, cursor, status).await {
+            match Api::current()
+                .files(PAGE_SIZE, cursor, status, &place)
+                .await
+            {
                 Ok(page) => LIBRARY.write().append(page),
                 Err(e) => load_error.set(Some(e.message)),
             }
@@ -210,13 +218,60 @@ pub fn Library() -> Element {
                         option { key: "{s.as_api()}", value: s.as_api(), selected: filter() == Some(s), "{s.label()}" }
                     }
                 }
+                label { r#for: "source-filter", "from" }
+                select {
+                    id: "source-filter",
+                    onchange: move |e| {
+                        let value = e.value();
+                        let mut place = PLACE.write();
+                        place.source_id = (!value.is_empty()).then_some(value);
+                    },
+                    option { value: "", selected: PLACE().source_id.is_none(), "every source" }
+                    if let Some(Ok(list)) = &*sources.read() {
+                        for s in list.iter() {
+                            option {
+                                key: "{s.id}",
+                                value: "{s.id}",
+                                selected: PLACE().source_id.as_deref() == Some(s.id.as_str()),
+                                if s.is_folder { "{s.path}" } else { "uploads" }
+                            }
+                        }
+                    }
+                }
+                form {
+                    class: "folder-filter",
+                    onsubmit: move |e| {
+                        e.prevent_default();
+                        let text = folder_text().trim().to_string();
+                        PLACE.write().folder = (!text.is_empty()).then_some(text);
+                    },
+                    label { r#for: "folder-filter", "in folder" }
+                    input {
+                        id: "folder-filter",
+                        r#type: "text",
+                        placeholder: "/path/to/folder",
+                        value: "{folder_text}",
+                        oninput: move |e| folder_text.set(e.value()),
+                    }
+                    button { class: "btn btn-small", r#type: "submit", "Apply" }
+                }
+                if !PLACE().is_all() {
+                    button {
+                        class: "btn btn-small btn-ghost",
+                        onclick: move |_| {
+                            folder_text.set(String::new());
+                            *PLACE.write() = Place::default();
+                        },
+                        "Whole library"
+                    }
+                }
             }
             if let Some(e) = load_error() {
                 ErrorNote { message: "Could not load the library: {e}" }
             }
             if view.loaded && view.files.is_empty() {
                 p { class: "empty muted",
-                    if view.filter.is_some() { "No files in this state." } else { "No files yet: drop some audio above." }
+                    if view.filter.is_some() || !view.place.is_all() { "No files match." } else { "No files yet: drop some audio above." }
                 }
             }
             ul { class: "files", "data-testid": "file-list",

@@ -4,12 +4,14 @@ mod analytics;
 mod file_detail;
 mod library;
 mod search;
+mod sources;
 mod system;
 
 pub use analytics::Analytics;
 pub use file_detail::FileDetail;
 pub use library::Library;
 pub use search::Search;
+pub use sources::Sources;
 pub use system::System;
 
 use dioxus::prelude::*;

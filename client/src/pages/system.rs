@@ -33,12 +33,24 @@ pub fn System() -> Element {
             h2 { "Model" }
             dl { class: "facts",
                 dt { "Checkpoint" } dd { code { "{h.model.id}" } }
+                dt { "Index" } dd { code { "{h.model.key}" } }
                 dt { "Device" } dd { "{h.model.device}" }
                 dt { "Precision" } dd { "{h.model.dtype}" }
                 dt { "Loaded" } dd { if h.model.loaded { "yes" } else { "no" } }
                 dt { "Embedding size" } dd { "{h.model.embedding_dim}" }
                 dt { "Audio" } dd { "{h.model.sample_rate} Hz, {h.model.window_s} s windows" }
                 dt { "Batch" } dd { "up to {h.model.max_batch} per forward pass" }
+            }
+            if let Some(r) = &h.reindex {
+                h2 { "Reindex" }
+                dl { class: "facts", "data-testid": "reindex",
+                    dt { "New model" } dd { code { "{r.key}" } }
+                    dt { "State" } dd { "{reindex_state(&r.state)}" }
+                    dt { "Files" } dd { "{r.files_done} of {r.files_total} embedded, {r.files_failed} failed" }
+                    if let Some(e) = &r.error {
+                        dt { "Last error" } dd { "{e}" }
+                    }
+                }
             }
             h2 { "Vector store" }
             dl { class: "facts",
@@ -58,5 +70,17 @@ pub fn System() -> Element {
             p { class: "muted", "Server: " code { "{api.base()}" } }
             {body}
         }
+    }
+}
+
+/// What a reindex's state means, for people.
+fn reindex_state(state: &crate::api::health::ModelIndexState) -> &'static str {
+    use crate::api::health::ModelIndexState as S;
+    match state {
+        S::BUILDING => "embedding the library with the new model; search uses the current one",
+        S::READY => "complete: switchModel makes it active",
+        S::ACTIVE => "switched: the new model serves search",
+        S::RETIRED => "retired",
+        S::Other(_) => "unknown",
     }
 }

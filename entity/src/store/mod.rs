@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 pub mod files;
 pub mod keys;
+pub mod models;
 pub mod searches;
 pub mod sources;
 

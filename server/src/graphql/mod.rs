@@ -197,9 +197,10 @@ impl Query {
     async fn health(&self, ctx: &Context<'_>) -> Result<Health> {
         let lib = library(ctx)?;
         let counts = store::count_by_status(&lib.db).await.gql()?;
-        let points = lib.index.count().await.gql()?;
+        let model = lib.models.active();
+        let points = model.index.count().await.gql()?;
         let status = lib.index_status().await;
-        let info = lib.embedder.info();
+        let info = model.embedder.info();
         Ok(Health {
             status: if lib.shutdown.is_cancelled() {
                 "shutting_down".into()
@@ -210,6 +211,8 @@ impl Query {
             uptime_s: lib.started.elapsed().as_secs_f64(),
             model: ModelInfo {
                 id: info.model_id.clone(),
+                key: model.key.clone(),
+                weights_digest: model.weights_digest.clone(),
                 device: info.device.clone(),
                 dtype: info.dtype.clone(),
                 loaded: true,
@@ -259,9 +262,22 @@ impl Query {
                 processing: (counts.decoding + counts.embedding) as i32,
                 indexed: counts.indexed as i32,
                 failed: counts.failed as i32,
-                embed_pending: lib.embedder.queue_depth() as i32,
+                embed_pending: model.embedder.queue_depth() as i32,
             },
+            reindex: lib.models.progress().map(Into::into),
         })
+    }
+
+    /// The model indexes of the library: the active one, a reindex's target, and those
+    /// kept from earlier models (until `dropModel`).
+    #[graphql(guard = "Need(Scope::Read)")]
+    async fn models(&self, ctx: &Context<'_>) -> Result<Vec<ModelIndexInfo>> {
+        let lib = library(ctx)?;
+        let rows = crate::models::list(lib).await.gql()?;
+        Ok(rows
+            .into_iter()
+            .map(|row| ModelIndexInfo::new(lib, row))
+            .collect())
     }
 
     /// One file, or null if there is none with this id.
@@ -577,6 +593,28 @@ impl Mutation {
     }
 
     /// Processes a file again (e.g. after a failure).
+    /// Makes a complete reindex (state READY, with `--switch manual`) the active index:
+    /// search and new files use its model from then on. Returns once switched.
+    #[graphql(guard = "Need(Scope::Admin)")]
+    async fn switch_model(&self, ctx: &Context<'_>, key: String) -> Result<ModelIndexInfo> {
+        let lib = library(ctx)?;
+        crate::models::request_switch(lib, &key).await.gql()?;
+        let row = entity::store::models::get_model(&lib.db, &key)
+            .await
+            .gql()?
+            .ok_or_else(|| ApiError::NotFound(format!("no model index {key}")))
+            .gql()?;
+        Ok(ModelIndexInfo::new(lib, row))
+    }
+
+    /// Removes a model index that is neither active nor being reindexed to, with its
+    /// vectors. False if there was none with this key.
+    #[graphql(guard = "Need(Scope::Admin)")]
+    async fn drop_model(&self, ctx: &Context<'_>, key: String) -> Result<bool> {
+        let lib = library(ctx)?;
+        crate::models::drop_model(lib, &key).await.gql()
+    }
+
     #[graphql(guard = "Need(Scope::Write)")]
     async fn reprocess_file(&self, ctx: &Context<'_>, id: ID) -> Result<AudioFile> {
         let lib = library(ctx)?;
@@ -688,6 +726,7 @@ async fn file_snapshots(lib: &Library, wanted: &HashSet<Uuid>) -> Result<Vec<Fil
                 error_message: Some(format!("no audio file with id {id}")),
                 missed: None,
                 scan: None,
+                reindex: None,
                 at: Utc::now(),
             },
         })

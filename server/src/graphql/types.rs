@@ -239,12 +239,16 @@ pub struct SearchResponse {
     pub results: Vec<SearchResult>,
     /// Server-side time, milliseconds.
     pub latency_ms: f64,
+    /// The model index that answered (its key, `<model>@<weights digest>`): the query was
+    /// embedded by that model.
+    pub model: String,
 }
 
 impl From<SearchOutcome> for SearchResponse {
     fn from(o: SearchOutcome) -> Self {
         Self {
             latency_ms: o.latency_ms,
+            model: o.model,
             results: o.hits.into_iter().map(Into::into).collect(),
         }
     }
@@ -323,15 +327,22 @@ pub struct Health {
     pub status: String,
     pub version: String,
     pub uptime_s: f64,
+    /// The active model: it embeds queries and new files, and search reads its index.
     pub model: ModelInfo,
     pub vector_store: VectorStoreInfo,
     pub queue: QueueInfo,
+    /// A reindex with another model this server runs (null when none).
+    pub reindex: Option<crate::events::ModelReindex>,
 }
 
 #[derive(SimpleObject)]
 pub struct ModelInfo {
     /// Hub id or directory.
     pub id: String,
+    /// Its index's key: `<model>@<first 12 hex digits of the weights digest>`.
+    pub key: String,
+    /// SHA-256 of the weights file.
+    pub weights_digest: String,
     pub device: String,
     pub dtype: String,
     pub loaded: bool,
@@ -570,4 +581,52 @@ pub struct CreatedApiKey {
     pub key: ApiKeyInfo,
     /// Send as `Authorization: Bearer <secret>`; it cannot be shown again.
     pub secret: String,
+}
+
+/// A model index: the vectors one model made of the library.
+#[derive(SimpleObject)]
+#[graphql(name = "ModelIndex")]
+pub struct ModelIndexInfo {
+    /// `<model>@<first 12 hex digits of the weights digest>`.
+    pub key: String,
+    /// What the model is loaded from: a hub id or a directory.
+    pub model_id: String,
+    /// SHA-256 of the weights file.
+    pub weights_digest: String,
+    pub dim: i32,
+    pub state: crate::events::ApiModelState,
+    /// Whether this server has the model loaded (the active one, and a reindex's target).
+    pub loaded: bool,
+    /// Files embedded with this model (a building index: so far).
+    pub files_done: i64,
+    /// Files this model could not embed in its last reindex.
+    pub files_failed: i64,
+    /// Indexed files of the library when last counted.
+    pub files_total: i64,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub activated_at: Option<DateTime<Utc>>,
+}
+
+impl ModelIndexInfo {
+    pub fn new(lib: &crate::library::Library, row: entity::model_index::Model) -> Self {
+        let loaded = lib.models.active().key == row.key
+            || lib.models.target().is_some_and(|t| t.key == row.key);
+        Self {
+            key: row.key,
+            model_id: row.model_id,
+            weights_digest: row.weights_digest,
+            dim: row.dim,
+            state: row.state.into(),
+            loaded,
+            files_done: row.files_done,
+            files_failed: row.files_failed,
+            files_total: row.files_total,
+            error: row.last_error,
+            created_at: row.created_at,
+            completed_at: row.completed_at,
+            activated_at: row.activated_at,
+        }
+    }
 }

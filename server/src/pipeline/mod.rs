@@ -35,7 +35,7 @@ use uuid::Uuid;
 use crate::error::{audio_error_code, code, ApiError};
 use crate::events::{FileEvent, FileEventKind};
 use crate::library::{embed_error, Library};
-use batcher::EmbedError;
+use batcher::{EmbedError, Embedder};
 
 /// Starts `config.workers` workers. They stop when the library shuts down.
 pub fn start_workers(library: &Arc<Library>) -> Vec<JoinHandle<()>> {
@@ -331,8 +331,7 @@ fn expected_windows(info: &traum_audio::AudioInfo, window: usize, hop: usize) ->
     Some(window_starts(n, window as u64, hop as u64).len() as i32)
 }
 
-fn hop_samples(lib: &Library) -> (usize, usize) {
-    let info = lib.embedder.info();
+fn hop_samples(lib: &Library, info: &clap_model::EmbedderInfo) -> (usize, usize) {
     let window = info.window_samples;
     let hop = ((lib.config.hop_s * f64::from(info.sample_rate)).round() as usize).clamp(1, window);
     (window, hop)
@@ -345,6 +344,8 @@ async fn run(
     token: &CancellationToken,
 ) -> Result<Outcome, ApiError> {
     let id = row.id;
+    // The model that embeds the file is the one whose index gets it (see the commit).
+    let model = lib.models.active();
     // A folder's file may have moved since it was queued: read it where it is now.
     let path = lib.readable_path(row).await?;
     let progress = |done: i32, total: i32| {
@@ -374,7 +375,17 @@ async fn run(
         claim: Some(*lease),
         max_seconds: None,
     };
-    let decoded = match stream_windows(lib, &path, token, limits, &mut on_open, &progress).await {
+    let decoded = match stream_windows(
+        lib,
+        &model.embedder,
+        &path,
+        token,
+        limits,
+        &mut on_open,
+        &progress,
+    )
+    .await
+    {
         Ok(Some(w)) => w,
         Ok(None) => return Ok(Outcome::Abandoned("cancelled")),
         Err(StreamError::Audio(e)) if is_file_fault(&e) => {
@@ -442,21 +453,25 @@ async fn run(
     if !work::renew(&lib.db, lease, lib.config.lease).await? {
         return Ok(Outcome::Abandoned("lease lost"));
     }
-    lib.index.upsert_file(vectors).await?;
+    if !Arc::ptr_eq(&model, &lib.models.active()) {
+        // Embedded with the model the library just switched from: queued again, for the new.
+        return Ok(Outcome::Abandoned("the library switched models"));
+    }
+    model.index.upsert_file(vectors).await?;
     lib.index_changed();
+    lib.models.file_indexed();
     lib.metrics
         .stage_seconds
         .with_label_values(&["index"])
         .observe(embedded.elapsed().as_secs_f64());
-    let model_id = &lib.embedder.info().model_id;
-    match work::commit_indexed(&lib.db, lease, model_id, n).await? {
+    match work::commit_indexed(&lib.db, lease, &model.model_id, n).await? {
         Some(row) => Ok(Outcome::Indexed(Box::new(row))),
         None => {
             // Lost between the upsert and the commit: deleted (its vectors must not stay)
             // or reprocessed (the next attempt replaces them) by another process.
             if store::get(&lib.db, id).await?.is_none() {
                 tracing::info!(%id, "deleted while its vectors were written; removing them");
-                lib.index.delete_file(id).await?;
+                model.index.delete_file(id).await?;
                 lib.index_changed();
             }
             Ok(Outcome::Abandoned("lease lost at commit"))
@@ -502,12 +517,12 @@ struct StreamLimits {
 }
 
 /// A file's windows and what decoding them found.
-struct Decoded {
-    windows: Vec<WindowVector>,
+pub(crate) struct Decoded {
+    pub(crate) windows: Vec<WindowVector>,
     /// Seconds of audio decoded: the file's real length.
-    duration_s: f64,
+    pub(crate) duration_s: f64,
     /// The container, as the decoder saw it.
-    container: Option<traum_audio::Container>,
+    pub(crate) container: Option<traum_audio::Container>,
 }
 
 impl From<ApiError> for StreamError {
@@ -528,8 +543,10 @@ impl From<entity::store::StoreError> for StreamError {
 /// `on_open` runs once the container is open (with the expected window
 /// count) and says whether to go on (`false`: the lease was lost); `progress` after each
 /// window.
+#[allow(clippy::too_many_arguments)] // each says who the stream is for
 async fn stream_windows<F, Fut>(
     lib: &Arc<Library>,
+    embedder: &Embedder,
     path: &Path,
     token: &CancellationToken,
     limits: StreamLimits,
@@ -541,8 +558,8 @@ where
     Fut: std::future::Future<Output = Result<bool, ApiError>>,
 {
     let opened = Instant::now();
-    let (window_len, hop_len) = hop_samples(lib);
-    let rate = f64::from(lib.embedder.info().sample_rate);
+    let (window_len, hop_len) = hop_samples(lib, embedder.info());
+    let rate = f64::from(embedder.info().sample_rate);
     let path = path.to_path_buf();
     let stream = tokio::task::spawn_blocking(move || {
         traum_audio::windows_from_file(&path, window_len, hop_len)
@@ -630,7 +647,7 @@ where
                                 break Err(StreamError::TooLong { limit_s });
                             }
                         }
-                        let embedder = lib.embedder.clone();
+                        let embedder = embedder.clone();
                         let start_sample = window.start_sample;
                         let len = window.samples.len();
                         in_flight.push_back(async move {
@@ -675,6 +692,7 @@ where
 /// Embeds every window of a file that is not in the library (a search clip).
 pub(crate) async fn embed_file_windows(
     lib: &Arc<Library>,
+    embedder: &Embedder,
     path: &Path,
 ) -> Result<Vec<WindowVector>, ApiError> {
     let mut on_open = |_: &traum_audio::AudioInfo, _: Option<i32>| async { Ok(true) };
@@ -682,7 +700,16 @@ pub(crate) async fn embed_file_windows(
         claim: None,
         max_seconds: Some(lib.config.max_clip_s),
     };
-    match stream_windows(lib, path, &lib.shutdown, limits, &mut on_open, &|_, _| {}).await {
+    let stream = stream_windows(
+        lib,
+        embedder,
+        path,
+        &lib.shutdown,
+        limits,
+        &mut on_open,
+        &|_, _| {},
+    );
+    match stream.await {
         Ok(Some(d)) => Ok(d.windows),
         Ok(None) => Err(ApiError::ShuttingDown),
         Err(StreamError::Audio(e)) => Err(ApiError::Audio(e)),
@@ -690,5 +717,56 @@ pub(crate) async fn embed_file_windows(
         Err(StreamError::Api(e)) => Err(e),
         Err(StreamError::LeaseLost) => Err(ApiError::Internal("lease lost".into())),
         Err(StreamError::TooLong { limit_s }) => Err(ApiError::ClipTooLong { limit_s }),
+    }
+}
+
+/// Why a library file could not be embedded again (with another model).
+pub(crate) enum ReembedError {
+    /// The file's fault (damaged, gone, refused by the model): this file alone fails.
+    File(String),
+    /// Shutting down.
+    Stopped,
+    /// Something else (the database, the storage): worth retrying.
+    Other(ApiError),
+}
+
+/// Embeds every window of a library file with `embedder` (a reindex): `Ok(None)` when
+/// cancelled by the shutdown.
+pub(crate) async fn embed_library_file(
+    lib: &Arc<Library>,
+    embedder: &Embedder,
+    path: &Path,
+    row: &FileRow,
+) -> Result<Option<Decoded>, ReembedError> {
+    let mut on_open = |_: &traum_audio::AudioInfo, _: Option<i32>| async { Ok(true) };
+    let limits = StreamLimits {
+        claim: None,
+        max_seconds: None,
+    };
+    let stream = stream_windows(
+        lib,
+        embedder,
+        path,
+        &lib.shutdown,
+        limits,
+        &mut on_open,
+        &|_, _| {},
+    );
+    match stream.await {
+        Ok(decoded) => Ok(decoded),
+        Err(StreamError::Audio(e)) if is_file_fault(&e) => {
+            Err(ReembedError::File(audio_message(&e, &row.original_name)))
+        }
+        Err(StreamError::Audio(e)) => Err(ReembedError::Other(ApiError::Audio(e))),
+        Err(StreamError::Embed(EmbedError::Input(m))) => Err(ReembedError::File(format!(
+            "{}: the model refused this audio: {m}",
+            row.original_name
+        ))),
+        Err(StreamError::Embed(EmbedError::Stopped)) => Err(ReembedError::Stopped),
+        Err(StreamError::Embed(e)) => Err(ReembedError::Other(embed_error(e))),
+        Err(StreamError::Api(e)) => Err(ReembedError::Other(e)),
+        Err(StreamError::LeaseLost) | Err(StreamError::TooLong { .. }) => {
+            unreachable!("a reindex holds no lease and has no length limit")
+        }
     }
 }
