@@ -102,6 +102,16 @@ fn web_client_end_to_end() {
         ),
     ];
     let list: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    // A folder the page adds as a source (read in place, not uploaded).
+    let folder = tmp.path().join("pack");
+    std::fs::create_dir_all(folder.join("drums")).unwrap();
+    write(
+        &folder.join("drums"),
+        "kick.wav",
+        wav_i16(48_000, &tone(60.0, 1.0, 0.6)),
+    );
+    write(&folder, "pad.wav", wav_i16(48_000, &noise(3.0, 0.2, 11)));
+    let folder = std::fs::canonicalize(&folder).unwrap();
     let shots = root.join("target/e2e-screenshots");
 
     let out = Command::new("node")
@@ -113,6 +123,7 @@ fn web_client_end_to_end() {
         .env("CHROMIUM", &chromium)
         .env("SCREENSHOT_DIR", &shots)
         .env("AUDIO_FILES", list.join("\n"))
+        .env("SOURCE_DIR", &folder)
         .env_remove("DATABASE_URL")
         .output()
         .expect("node (install Node.js 18+)");
@@ -126,6 +137,8 @@ fn web_client_end_to_end() {
         "file",
         "analytics",
         "system",
+        "sources",
+        "library-folder",
         "offline",
         "library-light",
     ] {

@@ -255,7 +255,8 @@ async fn run(files: usize, workers: usize) {
     line("after the switch (tiny-b, idle)", &after, "tiny-b", 0);
     println!(
         "\nOpening with the new model (both loaded, both indexes open): {open_s:.2} s. \
-         Switch (last check of {files} files, activation): {switch_ms:.0} ms.\n\
+         Switch (the last check for files indexed meanwhile, then activation): \
+         {switch_ms:.0} ms.\n\
          RSS during the reindex (two models): up to {peak_two_models:.0} MiB; after the switch \
          {rss:.0} MiB (peak {peak:.0} MiB)."
     );

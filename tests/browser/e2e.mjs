@@ -2,7 +2,8 @@
 // headless Chromium driven by playwright-core. Started by tests/browser.rs,
 // which passes everything through the environment:
 //   TRAUM_BIN, TRAUM_MODEL, TRAUM_CLIENT_DIR, TRAUM_DATA_DIR, CHROMIUM,
-//   SCREENSHOT_DIR, AUDIO_FILES (paths separated by newlines; at least 3).
+//   SCREENSHOT_DIR, AUDIO_FILES (paths separated by newlines; at least 3),
+//   SOURCE_DIR (a folder holding kick.wav in drums/ and pad.wav, audio not uploaded).
 // Exits non-zero, with the failing step, a screenshot and the server log.
 
 import { spawn } from 'node:child_process';
@@ -23,6 +24,7 @@ const DATA = env('TRAUM_DATA_DIR');
 const CHROMIUM = env('CHROMIUM');
 const SHOTS = env('SCREENSHOT_DIR');
 const FILES = env('AUDIO_FILES').split('\n').filter(Boolean);
+const FOLDER = env('SOURCE_DIR');
 const STEP_TIMEOUT = 60_000;
 
 mkdirSync(SHOTS, { recursive: true });
@@ -276,6 +278,48 @@ async function main() {
       if (second !== 'Library') throw new Error(`second tab stop: ${second}`);
       await page.keyboard.press('Enter');
       await page.waitForSelector('h1:text("Library")');
+    });
+
+    await step(page, 'a folder: add it by path, see its scan, list its files, remove it', async () => {
+      await page.setViewportSize({ width: 1280, height: 860 });
+      await page.click('nav >> text=Sources');
+      await page.waitForSelector('h1:text("Sources")');
+      await page.fill('#folder-path', FOLDER);
+      await page.click('button:has-text("Add folder")');
+      const row = page.locator('li.source', { has: page.locator('.source-path', { hasText: FOLDER }) });
+      await row.waitFor();
+      await page.waitForFunction((folder) => {
+        const li = [...document.querySelectorAll('li.source')]
+          .find((l) => l.querySelector('.source-path')?.textContent === folder);
+        return li && li.dataset.state === 'Up to date'
+          && li.querySelector('.scan-counts')?.textContent === 'found 2 · new 2'
+          && li.querySelector('.source-main .muted span')?.textContent === '2 files';
+      }, FOLDER);
+      await shot(page, 'sources');
+      // Its files, and only its files, in the library list.
+      await row.locator('button:has-text("Show files")').click();
+      await page.waitForSelector('h1:text("Library")');
+      await page.waitForFunction(() => {
+        const rows = [...document.querySelectorAll('li.file')];
+        return rows.length === 2 && rows.every((li) => li.dataset.status === 'INDEXED');
+      });
+      const names = await page.$$eval('li.file .file-name', (els) => els.map((e) => e.textContent).sort());
+      if (names.join() !== 'kick.wav,pad.wav') throw new Error(`the folder lists ${names}`);
+      await page.fill('#folder-filter', `${FOLDER}/drums`);
+      await page.click('form.folder-filter button');
+      await page.waitForFunction(() => document.querySelectorAll('li.file').length === 1);
+      const only = await page.textContent('li.file .file-name');
+      if (only !== 'kick.wav') throw new Error(`drums/ lists ${only}`);
+      await shot(page, 'library-folder');
+      await page.click('button:has-text("Whole library")');
+      await page.waitForFunction(() => document.querySelectorAll('li.file').length === 4);
+      // Removed with its files: the library is as before.
+      await page.click('nav >> text=Sources');
+      await row.locator('button:text-is("Remove")').click();
+      await row.locator('button:text-is("Remove with its files")').click();
+      await row.waitFor({ state: 'detached' });
+      const data = await graphql(base, '{ files(first: 10) { totalCount } }');
+      if (data.files.totalCount !== 2) throw new Error(`${data.files.totalCount} files after removing the folder`);
     });
 
     await step(page, 'GraphiQL loads from this server and runs a query', async () => {

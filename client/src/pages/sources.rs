@@ -156,8 +156,8 @@ fn SourceRow(source: SourceInfo, on_change: EventHandler<()>) -> Element {
                 }
             }
             div { class: "source-state",
-                span { class: "badge badge-{source.state.css()}", "{source.state.label()}" }
                 if source.is_folder {
+                    span { class: "badge badge-{source.state.css()}", "{source.state.label()}" }
                     span { class: "muted scan-counts", "aria-live": "polite", "{source.counts.summary()}" }
                 }
             }
