@@ -7,42 +7,22 @@
 //! Options (after `--`): `--files N` (default 100000), `--arrivals N` (default 20),
 //! `--settle-ms MS` (the watcher's quiet time, default 200).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap_model::{DeviceSpec, EmbedderOptions, Precision};
 use traum_server::events::ApiFileStatus;
 use traum_server::library::{Library, LibraryConfig};
 use traum_server::sources::watch::WatchConfig;
 
 #[path = "../../tests/support/signals.rs"]
 mod signals;
+mod support;
+
+use support::memory_mib;
 
 fn tiny_model() -> clap_model::ClapEmbedder {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/clap/models/tiny-a");
-    clap_model::ClapEmbedder::load(&EmbedderOptions {
-        model: dir.display().to_string(),
-        device: DeviceSpec::Cpu,
-        precision: Precision::F32,
-        max_batch: 8,
-    })
-    .expect("tiny model")
-}
-
-/// VmRSS and VmHWM of this process, MiB.
-fn memory_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    support::tiny("tiny-a")
 }
 
 /// `n` distinct 0.1 s WAVs in nested folders (100 per folder).

@@ -8,12 +8,11 @@
 //!
 //! Options (after `--`): `--files N` (default 2000), `--workers N` (default 2).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap_model::{DeviceSpec, EmbedderOptions, Precision};
 use entity::model_index::ModelState;
 use traum_index::SearchParams;
 use traum_server::library::{Library, LibraryConfig};
@@ -21,39 +20,9 @@ use traum_server::models::SwitchMode;
 
 #[path = "../../tests/support/signals.rs"]
 mod signals;
+mod support;
 
-fn model_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/clap/models")
-        .join(name)
-}
-
-fn options(name: &str) -> EmbedderOptions {
-    EmbedderOptions {
-        model: model_dir(name).display().to_string(),
-        device: DeviceSpec::Cpu,
-        precision: Precision::F32,
-        max_batch: 8,
-    }
-}
-
-fn load(name: &str) -> clap_model::ClapEmbedder {
-    clap_model::ClapEmbedder::load(&options(name)).expect("tiny model")
-}
-
-/// VmRSS and VmHWM of this process, MiB.
-fn memory_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
+use support::{memory_mib, tiny as load, tiny_options as options};
 
 /// `n` distinct 2 s clips (one window each).
 fn make_files(root: &Path, n: usize) {

@@ -513,15 +513,14 @@ async fn pass(
     } else {
         ModelState::Building
     };
-    set_progress(
-        lib,
-        target,
-        state,
-        done.min(total),
-        failures.len() as i64,
-        total,
-    );
-    report(lib, target, state, None).await;
+    // What the pass counted so far, for health and (with `announce`) for subscribers.
+    let show = |done: i64, failed: usize, announce: bool| async move {
+        set_progress(lib, target, state, done.min(total), failed as i64, total);
+        if announce {
+            report(lib, target, state, None).await;
+        }
+    };
+    show(done, failures.len(), true).await;
     loop {
         let ids = rows::indexed_file_ids(&lib.db, since, after, PAGE).await?;
         let Some(last) = ids.last().copied() else {
@@ -557,8 +556,7 @@ async fn pass(
                         std::process::abort();
                     }
                     if hold_after == Some(embedded) && !HELD.swap(true, Ordering::SeqCst) {
-                        set_progress(lib, target, ModelState::Building, done, 0, total);
-                        report(lib, target, ModelState::Building, None).await;
+                        show(done, failures.len(), true).await;
                         hold(lib).await;
                     }
                 }
@@ -572,26 +570,11 @@ async fn pass(
             }
             if last_report.elapsed() >= REPORT_EVERY {
                 last_report = Instant::now();
-                set_progress(
-                    lib,
-                    target,
-                    state,
-                    done.min(total),
-                    failures.len() as i64,
-                    total,
-                );
-                report(lib, target, state, None).await;
+                show(done, failures.len(), true).await;
             }
         }
     }
-    set_progress(
-        lib,
-        target,
-        state,
-        done.min(total),
-        failures.len() as i64,
-        total,
-    );
+    show(done, failures.len(), false).await;
     Ok(())
 }
 

@@ -689,18 +689,20 @@ where
     })
 }
 
-/// Embeds every window of a file that is not in the library (a search clip).
-pub(crate) async fn embed_file_windows(
+/// Every window of a file no worker holds (a search clip, or a reindex), embedded with
+/// `embedder`; stops at the shutdown.
+async fn unclaimed_windows(
     lib: &Arc<Library>,
     embedder: &Embedder,
     path: &Path,
-) -> Result<Vec<WindowVector>, ApiError> {
+    max_seconds: Option<f64>,
+) -> Result<Option<Decoded>, StreamError> {
     let mut on_open = |_: &traum_audio::AudioInfo, _: Option<i32>| async { Ok(true) };
     let limits = StreamLimits {
         claim: None,
-        max_seconds: Some(lib.config.max_clip_s),
+        max_seconds,
     };
-    let stream = stream_windows(
+    stream_windows(
         lib,
         embedder,
         path,
@@ -708,8 +710,17 @@ pub(crate) async fn embed_file_windows(
         limits,
         &mut on_open,
         &|_, _| {},
-    );
-    match stream.await {
+    )
+    .await
+}
+
+/// Embeds every window of a file that is not in the library (a search clip).
+pub(crate) async fn embed_file_windows(
+    lib: &Arc<Library>,
+    embedder: &Embedder,
+    path: &Path,
+) -> Result<Vec<WindowVector>, ApiError> {
+    match unclaimed_windows(lib, embedder, path, Some(lib.config.max_clip_s)).await {
         Ok(Some(d)) => Ok(d.windows),
         Ok(None) => Err(ApiError::ShuttingDown),
         Err(StreamError::Audio(e)) => Err(ApiError::Audio(e)),
@@ -738,21 +749,7 @@ pub(crate) async fn embed_library_file(
     path: &Path,
     row: &FileRow,
 ) -> Result<Option<Decoded>, ReembedError> {
-    let mut on_open = |_: &traum_audio::AudioInfo, _: Option<i32>| async { Ok(true) };
-    let limits = StreamLimits {
-        claim: None,
-        max_seconds: None,
-    };
-    let stream = stream_windows(
-        lib,
-        embedder,
-        path,
-        &lib.shutdown,
-        limits,
-        &mut on_open,
-        &|_, _| {},
-    );
-    match stream.await {
+    match unclaimed_windows(lib, embedder, path, None).await {
         Ok(decoded) => Ok(decoded),
         Err(StreamError::Audio(e)) if is_file_fault(&e) => {
             Err(ReembedError::File(audio_message(&e, &row.original_name)))
