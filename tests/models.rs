@@ -125,6 +125,14 @@ async fn a_model_swap_reindexes_beside_the_serving_index() {
         search(&server, "a bright tone").await,
         (key_a.clone(), ids.clone())
     );
+    // The same text again: its embedding is kept, the answer is the same.
+    assert_eq!(
+        search(&server, "a bright tone").await,
+        (key_a.clone(), ids.clone())
+    );
+    let cache = |outcome: &str| format!("traum_text_query_cache_total{{outcome=\"{outcome}\"}}");
+    assert_eq!(server.metric(&cache("miss")).await, Some(1.0));
+    assert_eq!(server.metric(&cache("hit")).await, Some(1.0));
     server.stop().await;
 
     // Started with tiny-b, manual switch, the reindex held after 2 of 6 files.

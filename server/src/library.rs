@@ -666,11 +666,23 @@ impl Library {
         }
         // The query is embedded by the model of the index it searches, even across a switch.
         let model = self.models.active();
-        let vector = model
-            .embedder
-            .embed_text(text.to_string())
-            .await
-            .map_err(embed_error)?;
+        let vector = match model.texts.get(text) {
+            Some(vector) => {
+                self.metrics.text_cache.with_label_values(&["hit"]).inc();
+                vector
+            }
+            None => {
+                self.metrics.text_cache.with_label_values(&["miss"]).inc();
+                let vector: Arc<[f32]> = model
+                    .embedder
+                    .embed_text(text.to_string())
+                    .await
+                    .map_err(embed_error)?
+                    .into();
+                model.texts.put(text, vector.clone());
+                vector
+            }
+        };
         self.search_vector(
             &model,
             SearchKind::Text,

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub graphql_requests: IntCounterVec,
     /// Inputs dropped unembedded because their caller had gone (a cancelled or deleted file).
     pub embed_skipped: IntCounterVec,
+    /// Text queries by `outcome`: `hit` (embedding kept from an earlier query), `miss`.
+    pub text_cache: IntCounterVec,
     /// Seconds per index optimisation (its count: how many ran).
     pub index_optimize_seconds: Histogram,
     /// Index writes (files indexed or deleted) since the last optimisation began.
@@ -106,6 +108,14 @@ impl Metrics {
             &["kind"],
         )
         .unwrap();
+        let text_cache = IntCounterVec::new(
+            Opts::new(
+                "text_query_cache_total",
+                "Text queries by whether their embedding was kept from an earlier query",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
         let index_optimize_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "index_optimize_seconds",
@@ -170,6 +180,7 @@ impl Metrics {
             Box::new(vector_store_nodes.clone()),
             Box::new(vector_store_points.clone()),
             Box::new(embed_skipped.clone()),
+            Box::new(text_cache.clone()),
             Box::new(files_processed.clone()),
             Box::new(stage_seconds.clone()),
             Box::new(batch_size.clone()),
@@ -193,6 +204,7 @@ impl Metrics {
             embed_queue,
             graphql_requests,
             embed_skipped,
+            text_cache,
             index_optimize_seconds,
             index_writes_pending,
             vector_store_backend,

@@ -59,6 +59,8 @@ pub struct ModelVersion {
     pub dim: usize,
     pub embedder: Embedder,
     pub index: Arc<dyn VectorIndex>,
+    /// This model's embeddings of recent text queries.
+    pub(crate) texts: TextCache,
     /// The batcher; it ends when the last [`Embedder`] handle is dropped.
     batcher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -77,6 +79,7 @@ impl ModelVersion {
             dim: row.dim as usize,
             embedder,
             index,
+            texts: TextCache::new(TEXT_CACHE_ENTRIES),
             batcher: Mutex::new(Some(batcher)),
         }
     }
@@ -86,6 +89,60 @@ impl ModelVersion {
         if let Some(task) = self.batcher.lock().unwrap().take() {
             task.abort();
         }
+    }
+}
+
+/// Text queries whose embeddings are kept per model.
+const TEXT_CACHE_ENTRIES: usize = 1024;
+
+/// The embeddings of recent text queries, least recently used out first: search as you type
+/// sends the same prefixes again and again (and back-spacing sends earlier ones), and a
+/// text costs a forward pass of the text tower. Per model, so a vector never crosses models.
+pub(crate) struct TextCache {
+    capacity: usize,
+    inner: Mutex<TextCacheInner>,
+}
+
+#[derive(Default)]
+struct TextCacheInner {
+    /// Bumped on every use; an entry's stamp says when it was last used.
+    clock: u64,
+    entries: HashMap<String, (Arc<[f32]>, u64)>,
+}
+
+impl TextCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            inner: Mutex::new(TextCacheInner::default()),
+        }
+    }
+
+    pub(crate) fn get(&self, text: &str) -> Option<Arc<[f32]>> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.clock += 1;
+        let now = inner.clock;
+        let (vector, used) = inner.entries.get_mut(text)?;
+        *used = now;
+        Some(vector.clone())
+    }
+
+    pub(crate) fn put(&self, text: &str, vector: Arc<[f32]>) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.clock += 1;
+        let now = inner.clock;
+        if inner.entries.len() >= self.capacity && !inner.entries.contains_key(text) {
+            // A scan of at most `capacity` stamps, only when a new text finds it full.
+            let oldest = inner
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                inner.entries.remove(&oldest);
+            }
+        }
+        inner.entries.insert(text.to_owned(), (vector, now));
     }
 }
 
@@ -974,6 +1031,24 @@ mod tests {
         std::os::unix::fs::symlink(blobs.join(&blob), snapshot.join("model.safetensors")).unwrap();
         std::fs::write(snapshot.join("config.json"), b"{}").unwrap();
         assert_eq!(weights_digest(snapshot.to_str().unwrap()).unwrap(), blob);
+    }
+
+    #[test]
+    fn the_text_cache_drops_the_least_recently_used() {
+        let cache = TextCache::new(2);
+        let v = |x: f32| -> Arc<[f32]> { Arc::from(vec![x]) };
+        cache.put("kick", v(1.0));
+        cache.put("snare", v(2.0));
+        assert_eq!(cache.get("kick").as_deref(), Some(&[1.0][..]));
+        // "snare" is now the least recently used: the third text takes its place.
+        cache.put("hat", v(3.0));
+        assert!(cache.get("snare").is_none());
+        assert_eq!(cache.get("kick").as_deref(), Some(&[1.0][..]));
+        assert_eq!(cache.get("hat").as_deref(), Some(&[3.0][..]));
+        // Putting a text again replaces it without evicting another.
+        cache.put("hat", v(4.0));
+        assert_eq!(cache.get("hat").as_deref(), Some(&[4.0][..]));
+        assert!(cache.get("kick").is_some());
     }
 
     #[test]
