@@ -158,7 +158,14 @@ struct Pack {
     distinct: usize,
 }
 
-fn make_pack(base: &Path, files: usize, copies_every: usize) -> Pack {
+/// Contents of [`make_pack`]'s archive: files the steps of the tests leave alone, each
+/// found once among the first files (not a copy, not in the subfolder that moves).
+const ARCHIVED: [usize; 6] = [40, 41, 42, 44, 45, 48];
+
+/// `files` samples in nested packs (every `copies_every`-th a copy of the one before), the
+/// odd entries a real folder holds, and `archive` more files, each a copy of one of the
+/// [`ARCHIVED`] contents, in nested folders of their own.
+fn make_pack(base: &Path, files: usize, copies_every: usize, archive: usize) -> Pack {
     let root = base.join("Samples");
     std::fs::create_dir_all(&root).unwrap();
     let root = root.canonicalize().unwrap();
@@ -175,6 +182,15 @@ fn make_pack(base: &Path, files: usize, copies_every: usize) -> Pack {
             i
         };
         write(&root.join(&rel), &sample(content));
+        expected.insert(abs(&root, &rel));
+    }
+    assert!(
+        archive == 0 || files > 48,
+        "the archived contents are among the files"
+    );
+    for k in 0..archive {
+        let rel = format!("archive/d{}/e{}/a{k:05}.wav", k % 4, k % 10);
+        write(&root.join(&rel), &sample(ARCHIVED[k % ARCHIVED.len()]));
         expected.insert(abs(&root, &rel));
     }
     // Audio without an audio extension is found by content.
@@ -227,7 +243,8 @@ fn make_pack(base: &Path, files: usize, copies_every: usize) -> Pack {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watched_folder_and_the_library_stay_equal() {
     let dir = tempfile::tempdir().unwrap();
-    let mut pack = make_pack(dir.path(), 600, 4);
+    // 600 samples and 2 400 archived copies: thousands of small files, 452 contents.
+    let mut pack = make_pack(dir.path(), 600, 4, 2400);
     let root = pack.root.clone();
     let server = Server::start_with(
         &dir.path().join("data"),
@@ -430,7 +447,7 @@ async fn a_watched_folder_and_the_library_stay_equal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_scan_resumes_and_offline_changes_are_found() {
     let dir = tempfile::tempdir().unwrap();
-    let mut pack = make_pack(dir.path(), 400, 0);
+    let mut pack = make_pack(dir.path(), 400, 0, 0);
     let root = pack.root.clone();
     let data = dir.path().join("data");
     let (status, log) = Server::run_to_exit(
@@ -501,7 +518,7 @@ async fn an_interrupted_scan_resumes_and_offline_changes_are_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_folder_keeps_its_files() {
     let dir = tempfile::tempdir().unwrap();
-    let pack = make_pack(dir.path(), 20, 0);
+    let pack = make_pack(dir.path(), 20, 0, 0);
     let root = pack.root.clone();
     let data = dir.path().join("data");
     let server = Server::start_with(
