@@ -169,19 +169,26 @@ impl QdrantConfig {
 
     /// The collection holding points of `kind` (`windows` or `files`).
     pub fn collection(&self, kind: &str) -> String {
-        let model: String = self
-            .model
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("{}{model}_{kind}", self.collection_prefix)
+        format!(
+            "{}{}_{kind}",
+            self.collection_prefix,
+            safe_name(&self.model)
+        )
     }
+}
+
+/// `name` with every character a collection or directory name may not hold (anything but
+/// ASCII letters, digits, `-`, `_` and `.`) replaced by `_`.
+pub fn safe_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for QdrantConfig {

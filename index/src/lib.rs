@@ -89,7 +89,7 @@ mod qdrant;
 mod schema;
 mod types;
 
-pub use config::{IndexConfig, QdrantConfig};
+pub use config::{safe_name, IndexConfig, QdrantConfig};
 pub use edge::{allocated_bytes, EdgeIndex, IndexStats, ShardStats};
 pub use error::{BoxError, IndexError, Result};
 pub use qdrant::QdrantIndex;

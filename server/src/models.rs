@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
-use traum_index::{EdgeIndex, FileVectors, IndexConfig, QdrantIndex, VectorIndex};
+use traum_index::{safe_name, EdgeIndex, FileVectors, IndexConfig, QdrantIndex, VectorIndex};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -298,19 +298,6 @@ pub fn model_key(model_id: &str, digest: &str) -> String {
         model_name(model_id),
         &digest[..digest.len().min(12)]
     )
-}
-
-/// Only characters every store allows in a name.
-fn safe_name(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Where the first model of a library keeps its vectors: where libraries kept them before
