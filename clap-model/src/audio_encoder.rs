@@ -18,6 +18,7 @@ use candle_nn::{
 };
 
 use crate::config::{Activation, ClapAudioConfig};
+use crate::kernels::{self, AttentionBias, Epilogue};
 
 /// PyTorch's default `nn.LayerNorm` eps, used by the patch-embed, merge and final norms.
 const TORCH_LAYER_NORM_EPS: f64 = 1e-5;
@@ -129,11 +130,10 @@ impl PatchEmbed {
 }
 
 /// Window self-attention with relative position bias (`ClapAudioAttention` +
-/// `ClapAudioSelfOutput`).
+/// `ClapAudioSelfOutput`). q, k and v are one projection (their weights
+/// concatenated at load), so one matmul reads the tokens once.
 struct WindowAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    qkv: Linear,
     output: Linear,
     num_heads: usize,
     head_dim: usize,
@@ -145,16 +145,29 @@ impl WindowAttention {
     /// `x`: `(B·nW, N, C)` windows in batch-major order.
     fn forward(&self, x: &Tensor, n_windows: usize) -> Result<Tensor> {
         let (bw, n, c) = x.dims3()?;
-        let heads = |t: Tensor| -> Result<Tensor> {
-            t.reshape((bw, n, self.num_heads, self.head_dim))?
+        let qkv = kernels::linear(&self.qkv, x, Epilogue::Act(None))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if kernels::fused(&qkv) {
+            let ctx = kernels::attention(
+                &qkv,
+                &self.bias,
+                self.num_heads,
+                scale,
+                AttentionBias::PerWindow {
+                    n_bias: self.bias.dim(1)?,
+                },
+            )?;
+            return kernels::linear(&self.output, &ctx, Epilogue::Act(None));
+        }
+        let heads = |i: usize| -> Result<Tensor> {
+            qkv.narrow(2, i * c, c)?
+                .reshape((bw, n, self.num_heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = heads(self.query.forward(x)?)?;
-        let k = heads(self.key.forward(x)?)?;
-        let v = heads(self.value.forward(x)?)?;
+        let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         // (q·kᵀ)/√d as the reference, not q·(1/√d)·kᵀ as LAION's original.
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        let scores = (q.matmul(&k.t()?)? * scale)?;
         let scores = scores
             .reshape((bw / n_windows, n_windows, self.num_heads, n, n))?
             .broadcast_add(&self.bias)?
@@ -163,6 +176,31 @@ impl WindowAttention {
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))?;
         self.output.forward(&ctx)
     }
+}
+
+/// q, k and v projections as one `(3·out, in)` linear layer.
+pub(crate) fn fused_qkv(vb: &VarBuilder, dim_in: usize, dim: usize, bias: bool) -> Result<Linear> {
+    let get = |name: &str| vb.pp(name).get((dim, dim_in), "weight");
+    let weight = Tensor::cat(&[get("query")?, get("key")?, get("value")?], 0)?;
+    let bias = if bias {
+        let get = |name: &str| vb.pp(name).get(dim, "bias");
+        Some(Tensor::cat(
+            &[get("query")?, get("key")?, get("value")?],
+            0,
+        )?)
+    } else {
+        None
+    };
+    Ok(Linear::new(weight, bias))
+}
+
+/// The gather from token order to (shifted) window order and its inverse, as
+/// tensors for candle's `index_select` and as indices for the fused kernels.
+struct WindowOrder {
+    order_t: Tensor,
+    inverse_t: Tensor,
+    order: Vec<u32>,
+    inverse: Vec<u32>,
 }
 
 /// One Swin block (`ClapAudioLayer`) at a fixed resolution.
@@ -174,7 +212,7 @@ struct SwinBlock {
     output: Linear,
     act: Activation,
     /// Token order → (shifted) window order; and back.
-    to_windows: Option<(Tensor, Tensor)>,
+    to_windows: Option<WindowOrder>,
     n_windows: usize,
     window_tokens: usize,
 }
@@ -239,18 +277,8 @@ impl SwinBlock {
         let n_windows_bias = if shift > 0 { n_windows } else { 1 };
         debug_assert_eq!(bias.dim(1)?, n_windows_bias);
 
-        let self_vb = att.pp("self");
-        let lin = |name: &str, vb: &VarBuilder| {
-            if cfg.qkv_bias {
-                linear(dim, dim, vb.pp(name))
-            } else {
-                linear_no_bias(dim, dim, vb.pp(name))
-            }
-        };
         let attention = WindowAttention {
-            query: lin("query", &self_vb)?,
-            key: lin("key", &self_vb)?,
-            value: lin("value", &self_vb)?,
+            qkv: fused_qkv(&att.pp("self"), dim, dim, cfg.qkv_bias)?,
             output: linear(dim, dim, att.pp("output").pp("dense"))?,
             num_heads,
             head_dim,
@@ -264,10 +292,12 @@ impl SwinBlock {
                 inverse[q as usize] = p as u32;
             }
             let len = order.len();
-            Some((
-                Tensor::from_vec(order, len, &device)?,
-                Tensor::from_vec(inverse, len, &device)?,
-            ))
+            Some(WindowOrder {
+                order_t: Tensor::from_vec(order.clone(), len, &device)?,
+                inverse_t: Tensor::from_vec(inverse.clone(), len, &device)?,
+                order,
+                inverse,
+            })
         } else {
             None
         };
@@ -287,9 +317,11 @@ impl SwinBlock {
     /// `x`: `(B, H·W, C)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, l, c) = x.dims3()?;
+        let fused = kernels::fused(x);
         let h = self.layernorm_before.forward(x)?;
         let h = match &self.to_windows {
-            Some((order, _)) => h.index_select(order, 1)?,
+            Some(w) if fused => kernels::gather_rows(&h, &w.order)?,
+            Some(w) => h.index_select(&w.order_t, 1)?,
             None => h,
         };
         let h = h.reshape((b * self.n_windows, self.window_tokens, c))?;
@@ -297,14 +329,14 @@ impl SwinBlock {
             .attention
             .forward(&h, self.n_windows)?
             .reshape((b, l, c))?;
-        let h = match &self.to_windows {
-            Some((_, inverse)) => h.index_select(inverse, 1)?,
-            None => h,
+        let x = match &self.to_windows {
+            Some(w) if fused => kernels::add_gathered_rows(x, &h, &w.inverse)?,
+            Some(w) => (x + h.index_select(&w.inverse_t, 1)?)?,
+            None => (x + h)?,
         };
-        let x = (x + h)?;
         let m = self.layernorm_after.forward(&x)?;
-        let m = self.act.forward(&self.intermediate.forward(&m)?)?;
-        x + self.output.forward(&m)?
+        let m = kernels::linear(&self.intermediate, &m, Epilogue::Act(Some(self.act)))?;
+        kernels::linear(&self.output, &m, Epilogue::Residual(&x))
     }
 }
 

@@ -5,7 +5,9 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
 
+use crate::audio_encoder::fused_qkv;
 use crate::config::{Activation, ClapTextConfig};
+use crate::kernels::{self, AttentionBias, Epilogue};
 
 struct Embeddings {
     word: Embedding,
@@ -15,9 +17,8 @@ struct Embeddings {
 }
 
 struct SelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// q, k and v as one projection.
+    qkv: Linear,
     output: Linear,
     norm: LayerNorm,
     num_heads: usize,
@@ -28,15 +29,27 @@ impl SelfAttention {
     /// `x`: `(B, L, H)`, `mask`: additive `(B, 1, 1, L)`.
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
-        let heads = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, l, self.num_heads, self.head_dim))?
+        let qkv = kernels::linear(&self.qkv, x, Epilogue::Act(None))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if kernels::fused(&qkv) {
+            let ctx = kernels::attention(
+                &qkv,
+                &mask.reshape((b, l))?,
+                self.num_heads,
+                scale,
+                AttentionBias::PerKey,
+            )?;
+            let y = kernels::linear(&self.output, &ctx, Epilogue::Residual(x))?;
+            return self.norm.forward(&y);
+        }
+        let heads = |i: usize| -> Result<Tensor> {
+            qkv.narrow(2, i * h, h)?
+                .reshape((b, l, self.num_heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = heads(self.query.forward(x)?)?;
-        let k = heads(self.key.forward(x)?)?;
-        let v = heads(self.value.forward(x)?)?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?.broadcast_add(mask)?;
+        let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
         // Softmax in f32 as the reference's eager path does, whatever the dtype.
         let probs =
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?;
@@ -58,9 +71,7 @@ impl Layer {
         let h = cfg.hidden_size;
         let att = vb.pp("attention");
         let attention = SelfAttention {
-            query: linear(h, h, att.pp("self").pp("query"))?,
-            key: linear(h, h, att.pp("self").pp("key"))?,
-            value: linear(h, h, att.pp("self").pp("value"))?,
+            qkv: fused_qkv(&att.pp("self"), h, h, true)?,
             output: linear(h, h, att.pp("output").pp("dense"))?,
             norm: layer_norm(h, cfg.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
             num_heads: cfg.num_attention_heads,
@@ -77,8 +88,9 @@ impl Layer {
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let x = self.attention.forward(x, mask)?;
-        let m = self.act.forward(&self.intermediate.forward(&x)?)?;
-        self.norm.forward(&(self.output.forward(&m)? + x)?)
+        let m = kernels::linear(&self.intermediate, &x, Epilogue::Act(Some(self.act)))?;
+        self.norm
+            .forward(&kernels::linear(&self.output, &m, Epilogue::Residual(&x))?)
     }
 }
 

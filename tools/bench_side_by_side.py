@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""traum's CLAP against transformers (PyTorch eager) and ONNX Runtime: same machine, weights, inputs, threads.
+
+Makes one random full-size `larger_clap_music_and_speech` model (fixed seed; HTSAT-base audio tower, RoBERTa-base
+text tower, the weight init of tools/make_clap_fixtures.py), the mel features of eight 10 s clips and the token ids
+of eight captions, then times, one after the other on the same threads:
+  - transformers `ClapModel` (PyTorch eager, f32): get_audio_features / get_text_features;
+  - ONNX Runtime (CPU execution provider, f32): both towers exported from that model;
+  - traum: `cargo bench --bench side_by_side` (clap-model/benches/side_by_side.rs) on the same files;
+at batch 1 and 8 (clips/s, texts/s, ms per batch), and each one's cosine against transformers' batch-1 embeddings.
+It prints one table with traum's ratio to each, the audio tower's share of the machine's f32 peak, and the load.
+
+Every implementation gets the mel features, not audio: this is the model alone (the mel front end is timed by
+`cargo bench --bench throughput`). Text batches are padded to their longest caption, for every implementation.
+
+Usage (Python 3.11; versions pinned in tools/requirements-bench.txt; ~5.5 GB with torch's CUDA wheels):
+    python -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install -r tools/requirements-bench.txt
+    /tmp/bench-venv/bin/python tools/bench_side_by_side.py --threads 2
+The model (~776 MB) and the exported ONNX files are written under --work (default /tmp/traum-side-by-side) and
+reused by later runs with the same seed. Nothing here is needed by `cargo test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_clap_fixtures as mcf  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "tests/fixtures/clap/configs/larger_clap_music_and_speech.json"
+# Multiply-adds of one 10 s window through HTSAT-base, counted layer by layer (x2 for FLOP).
+AUDIO_GFLOP_PER_CLIP = 30.65
+CAPTIONS = [
+    "warm analog bass with slow attack",
+    "a dog barking in the distance",
+    "crisp hi-hat loop at 120 bpm",
+    "rain on a tin roof",
+    "a choir singing in a cathedral with long reverb",
+    "distorted electric guitar riff",
+    "footsteps on gravel",
+    "a woman speaking softly in french",
+]
+N_CLIPS = 8
+
+
+def time_it(min_time: float, f) -> tuple[float, int]:
+    """Seconds per call: one warm-up call, then calls until min_time has passed."""
+    f()
+    runs, t0 = 0, time.perf_counter()
+    while runs == 0 or time.perf_counter() - t0 < min_time:
+        f()
+        runs += 1
+    return (time.perf_counter() - t0) / runs, runs
+
+
+def l2n_rows(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def min_cosine(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.min(np.sum(l2n_rows(a) * l2n_rows(ref), axis=1)))
+
+
+def trim(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drops padding columns no row uses: the batch padded to its own longest text."""
+    n = int(mask.sum(axis=1).max())
+    return ids[:, :n], mask[:, :n]
+
+
+def build_model(work: Path, seed: int) -> Path:
+    from transformers import ClapConfig, ClapFeatureExtractor
+
+    model_dir = work / "model"
+    marker = model_dir / "traum-bench-seed.txt"
+    if marker.exists() and marker.read_text().strip() == str(seed):
+        return model_dir
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
+    config = ClapConfig.from_json_file(str(CONFIG))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as td:
+        tok_src = mcf.train_tokenizer(Path(td) / "tok")
+        model = mcf.build_model(config, seed)
+        n_params = sum(p.numel() for p in model.parameters())
+        model.save_pretrained(str(model_dir))
+        del model
+        ClapFeatureExtractor(**mcf.FEATURE_EXTRACTOR_KW).save_pretrained(str(model_dir))
+        mcf.write_tokenizer(model_dir, tok_src, "tokenizer.json")
+    marker.write_text(str(seed))
+    print(f"made {model_dir}: {n_params / 1e6:.1f} M parameters, seed {seed}, {time.perf_counter() - t0:.0f} s")
+    return model_dir
+
+
+def make_inputs(work: Path, model_dir: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import save_file
+    from transformers import AutoTokenizer, ClapFeatureExtractor
+
+    fe = ClapFeatureExtractor.from_pretrained(str(model_dir))
+    feats = []
+    for i in range(N_CLIPS):
+        x = mcf.make_signal(mcf.WINDOW, seed=11 + i)
+        f = fe(x, sampling_rate=mcf.SR, return_tensors="np")["input_features"]
+        assert f.shape == (1, 1, 1001, 64), f.shape
+        feats.append(np.asarray(f[0], dtype=np.float32))
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    enc = tok(CAPTIONS, padding=True, return_tensors="np")
+    inputs = {
+        "audio.features": np.stack(feats),
+        "text.input_ids": enc["input_ids"].astype(np.int64),
+        "text.attention_mask": enc["attention_mask"].astype(np.int64),
+    }
+    save_file(inputs, str(work / "inputs.safetensors"))
+    lens = inputs["text.attention_mask"].sum(axis=1)
+    print(f"inputs: {N_CLIPS} clips of 10 s as (1, 1001, 64) features; captions of {lens.min()}-{lens.max()} tokens")
+    return inputs
+
+
+def as_tensor(out) -> torch.Tensor:
+    return mcf.as_features(out)
+
+
+class AudioTower(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_features):
+        return as_tensor(self.model.get_audio_features(input_features=input_features))
+
+
+class TextTower(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return as_tensor(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+
+def run_batches(name, audio_fn, text_fn, inputs, batches, min_time):
+    """Embeds every clip and text at each batch size; times the first batch. audio_fn(np) / text_fn(ids, mask)."""
+    feats, ids, mask = inputs["audio.features"], inputs["text.input_ids"], inputs["text.attention_mask"]
+    res = {}
+    for b in batches:
+        embs = np.concatenate([audio_fn(feats[s:s + b]) for s in range(0, N_CLIPS - N_CLIPS % b, b)])
+        s, runs = time_it(min_time, lambda: audio_fn(feats[:b]))
+        res[("audio", b)] = dict(s_per_batch=s, runs=runs, embs=embs)
+        print(f"  {name} audio b{b}: {b / s:.2f} clips/s ({s * 1e3:.0f} ms/batch, {runs} runs)", flush=True)
+        tembs = np.concatenate([text_fn(*trim(ids[s:s + b], mask[s:s + b]))
+                                for s in range(0, len(ids) - len(ids) % b, b)])
+        bi, bm = trim(ids[:b], mask[:b])
+        s, runs = time_it(min_time, lambda: text_fn(bi, bm))
+        res[("text", b)] = dict(s_per_batch=s, runs=runs, embs=tembs)
+        print(f"  {name} text b{b}: {b / s:.2f} texts/s ({s * 1e3:.1f} ms/batch, {runs} runs)", flush=True)
+    return res
+
+
+def run_torch(model, inputs, batches, min_time):
+    audio, text = AudioTower(model).eval(), TextTower(model).eval()
+
+    def audio_fn(f):
+        with torch.inference_mode():
+            return audio(torch.from_numpy(f)).numpy()
+
+    def text_fn(i, m):
+        with torch.inference_mode():
+            return text(torch.from_numpy(i), torch.from_numpy(m)).numpy()
+
+    return run_batches("transformers", audio_fn, text_fn, inputs, batches, min_time)
+
+
+def export_onnx(model, work: Path, inputs) -> tuple[Path, Path]:
+    audio_path, text_path = work / "onnx/audio.onnx", work / "onnx/text.onnx"
+    marker = work / "onnx/seed.txt"
+    seed = (work / "model/traum-bench-seed.txt").read_text()
+    if audio_path.exists() and text_path.exists() and marker.exists() and marker.read_text() == seed:
+        return audio_path, text_path
+    audio_path.parent.mkdir(parents=True, exist_ok=True)
+    feats = torch.from_numpy(inputs["audio.features"][:2])
+    ids, mask = (torch.from_numpy(inputs[k][:2]) for k in ("text.input_ids", "text.attention_mask"))
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        kw = dict(opset_version=17, do_constant_folding=True)
+        try:
+            torch.onnx.export(AudioTower(model).eval(), (feats,), str(audio_path), input_names=["input_features"],
+                              output_names=["embedding"], dynamic_axes={"input_features": {0: "batch"}},
+                              dynamo=False, **kw)
+            torch.onnx.export(TextTower(model).eval(), (ids, mask), str(text_path),
+                              input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                              dynamic_axes={"input_ids": {0: "batch", 1: "len"},
+                                            "attention_mask": {0: "batch", 1: "len"}},
+                              dynamo=False, **kw)
+        except TypeError:
+            raise SystemExit("this torch has no TorchScript ONNX exporter (dynamo=False); use the pinned versions")
+    marker.write_text(seed)
+    print(f"exported both towers to {audio_path.parent} in {time.perf_counter() - t0:.0f} s")
+    return audio_path, text_path
+
+
+def run_ort(paths, inputs, batches, min_time, threads):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    audio = ort.InferenceSession(str(paths[0]), opts, providers=["CPUExecutionProvider"])
+    text = ort.InferenceSession(str(paths[1]), opts, providers=["CPUExecutionProvider"])
+
+    def audio_fn(f):
+        return audio.run(None, {"input_features": f})[0]
+
+    def text_fn(i, m):
+        return text.run(None, {"input_ids": i, "attention_mask": m})[0]
+
+    return run_batches("onnxruntime", audio_fn, text_fn, inputs, batches, min_time)
+
+
+def run_traum(work: Path, model_dir: Path, batches, min_time, threads, traum_bin: str | None):
+    from safetensors.numpy import load_file
+
+    out, js = work / "traum.safetensors", work / "traum.json"
+    args = ["--model", str(model_dir), "--inputs", str(work / "inputs.safetensors"), "--out", str(out),
+            "--json", str(js), "--min-time", str(min_time), "--batches", ",".join(map(str, batches))]
+    cmd = [traum_bin, *args] if traum_bin else ["cargo", "bench", "--bench", "side_by_side", "--", *args]
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    print("  $ RAYON_NUM_THREADS=%d %s" % (threads, " ".join(cmd)), flush=True)
+    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    report = json.loads(js.read_text())
+    embs = load_file(str(out))
+    res = {}
+    for row in report["rows"]:
+        key = (row["what"], row["batch"])
+        res[key] = dict(s_per_batch=row["s_per_batch"], runs=row["runs"], embs=embs[f"{row['what']}.b{row['batch']}"])
+    return res
+
+
+def peak_gflops(threads: int, ghz: float | None, flop_per_cycle: int) -> tuple[float, str]:
+    if ghz is None:
+        try:
+            mhz = [float(l.split(":")[1]) for l in open("/proc/cpuinfo") if l.startswith("cpu MHz")]
+            ghz = max(mhz) / 1e3
+        except (OSError, ValueError):
+            ghz = 0.0
+    return threads * ghz * flop_per_cycle, f"{threads} cores x {ghz:.2f} GHz x {flop_per_cycle} f32 FLOP/cycle"
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/traum-side-by-side"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--min-time", type=float, default=5.0, help="seconds of timed calls per measurement")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--skip", default="", help="comma list of implementations to leave out: torch,ort,traum")
+    ap.add_argument("--traum-bin", default=None,
+                    help="a built side_by_side bench binary, instead of `cargo bench --bench side_by_side`")
+    ap.add_argument("--ghz", type=float, default=None, help="clock for the peak estimate (default: /proc/cpuinfo)")
+    ap.add_argument("--flop-per-cycle", type=int, default=32,
+                    help="f32 FLOP per cycle and core (32: two 256-bit FMA pipes, AVX2/FMA; also Zen 4's AVX-512)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    skip = set(filter(None, args.skip.split(",")))
+    work = args.work.resolve()
+    if work == REPO or REPO in work.parents:
+        ap.error("--work must be outside the repository (the model is ~776 MB)")
+    work.mkdir(parents=True, exist_ok=True)
+
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    import transformers
+    from transformers import ClapModel
+
+    load_before = os.getloadavg()
+    model_dir = build_model(work, args.seed)
+    inputs = make_inputs(work, model_dir)
+    model = ClapModel.from_pretrained(str(model_dir)).eval().float()
+
+    results = {}
+    print("transformers (PyTorch eager, f32)", flush=True)
+    results["transformers"] = run_torch(model, inputs, batches, args.min_time)
+    ref = {"audio": results["transformers"][("audio", 1)]["embs"], "text": results["transformers"][("text", 1)]["embs"]}
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    if "ort" not in skip:
+        import onnxruntime as ort
+
+        versions["onnxruntime"] = ort.__version__
+        paths = export_onnx(model, work, inputs)
+        print("ONNX Runtime (CPU, f32)", flush=True)
+        results["onnxruntime"] = run_ort(paths, inputs, batches, args.min_time, args.threads)
+    del model
+    if "traum" not in skip:
+        print("traum (clap-model, candle CPU, f32)", flush=True)
+        results["traum"] = run_traum(work, model_dir, batches, args.min_time, args.threads, args.traum_bin)
+    if "torch" in skip:
+        del results["transformers"]
+    load_after = os.getloadavg()
+
+    peak, peak_how = peak_gflops(args.threads, args.ghz, args.flop_per_cycle)
+    cols = [(w, b) for w in ("audio", "text") for b in batches]
+    print()
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads for each implementation; "
+          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f", Python {platform.python_version()}")
+    print()
+    head = "| | " + " | ".join(f"{'clips' if w == 'audio' else 'texts'}/s b{b}" for w, b in cols) + \
+           " | " + " | ".join(f"ms {w} b{b}" for w, b in cols) + " | min cos audio | min cos text |"
+    print(head)
+    print("|---|" + "---:|" * (2 * len(cols) + 2))
+    for name, res in results.items():
+        rates = [b / res[(w, b)]["s_per_batch"] for w, b in cols]
+        ms = [res[(w, b)]["s_per_batch"] * 1e3 for w, b in cols]
+        cos_a = min(min_cosine(res[("audio", b)]["embs"], ref["audio"][:len(res[("audio", b)]["embs"])])
+                    for b in batches)
+        cos_t = min(min_cosine(res[("text", b)]["embs"], ref["text"][:len(res[("text", b)]["embs"])])
+                    for b in batches)
+        print(f"| {name} | " + " | ".join(f"{r:.2f}" for r in rates) + " | " +
+              " | ".join(f"{m:.1f}" for m in ms) + f" | {cos_a:.6f} | {cos_t:.6f} |")
+    if "traum" in results:
+        print()
+        for name, res in results.items():
+            if name == "traum":
+                continue
+            ratios = [res[(w, b)]["s_per_batch"] / results["traum"][(w, b)]["s_per_batch"] for w, b in cols]
+            print(f"traum / {name}: " + ", ".join(f"{w} b{b} {r:.2f}x" for (w, b), r in zip(cols, ratios)))
+    print()
+    print(f"audio tower: {AUDIO_GFLOP_PER_CLIP} GFLOP per 10 s clip; f32 peak {peak:.0f} GFLOP/s ({peak_how})")
+    for name, res in results.items():
+        shares = [f"b{b} {b / res[('audio', b)]['s_per_batch'] * AUDIO_GFLOP_PER_CLIP:.0f} GFLOP/s "
+                  f"({100 * b / res[('audio', b)]['s_per_batch'] * AUDIO_GFLOP_PER_CLIP / peak:.0f} % of peak)"
+                  for b in batches] if peak > 0 else []
+        print(f"  {name}: " + ", ".join(shares))
+    if args.json:
+        out = {name: {f"{w}.b{b}": {k: v for k, v in r.items() if k != "embs"} for (w, b), r in res.items()}
+               for name, res in results.items()}
+        args.json.write_text(json.dumps(dict(results=out, versions=versions, load=[load_before, load_after],
+                                             threads=args.threads, peak_gflops=peak), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
