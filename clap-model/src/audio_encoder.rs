@@ -13,12 +13,10 @@
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{
-    conv2d, layer_norm, linear, linear_no_bias, Conv2d, LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
 
 use crate::config::{Activation, ClapAudioConfig};
-use crate::kernels::{self, AttentionBias, Epilogue};
+use crate::kernels::{self, layer_norm_f32, AttentionBias, Epilogue, LayerNormF32};
 
 /// PyTorch's default `nn.LayerNorm` eps, used by the patch-embed, merge and final norms.
 const TORCH_LAYER_NORM_EPS: f64 = 1e-5;
@@ -79,10 +77,16 @@ pub fn bicubic_align_corners_matrix(n_in: usize, n_out: usize) -> Vec<f32> {
     m
 }
 
-/// Conv patch embedding plus its LayerNorm (`ClapAudioPatchEmbed`, unfused).
+/// Patch embedding plus its LayerNorm (`ClapAudioPatchEmbed`, unfused).
+///
+/// The reference's convolution has stride = kernel, so every patch is read
+/// once: it is a reshape of the image into patch rows and one matmul with
+/// the kernel as a `(C0, C_in·p·p)` matrix.
 struct PatchEmbed {
-    proj: Conv2d,
-    norm: Option<LayerNorm>,
+    proj: Linear,
+    patch: usize,
+    in_channels: usize,
+    norm: Option<LayerNormF32>,
 }
 
 impl PatchEmbed {
@@ -96,34 +100,50 @@ impl PatchEmbed {
                 cfg.patch_size
             );
         }
-        let conv_cfg = candle_nn::Conv2dConfig {
-            stride: sh,
-            ..Default::default()
-        };
-        let proj = conv2d(
-            cfg.patch_embed_input_channels,
+        let (c0, cin, p) = (
             cfg.patch_embeds_hidden_size,
+            cfg.patch_embed_input_channels,
             cfg.patch_size,
-            conv_cfg,
-            vb.pp("proj"),
-        )?;
+        );
+        let pvb = vb.pp("proj");
+        let weight = pvb
+            .get((c0, cin, p, p), "weight")?
+            .reshape((c0, cin * p * p))?;
+        let proj = Linear::new(weight, Some(pvb.get(c0, "bias")?));
         let norm = if cfg.enable_patch_layer_norm {
-            Some(layer_norm(
-                cfg.patch_embeds_hidden_size,
-                TORCH_LAYER_NORM_EPS,
-                vb.pp("norm"),
-            )?)
+            Some(layer_norm_f32(c0, TORCH_LAYER_NORM_EPS, vb.pp("norm"))?)
         } else {
             None
         };
-        Ok(Self { proj, norm })
+        Ok(Self {
+            proj,
+            patch: p,
+            in_channels: cin,
+            norm,
+        })
     }
 
-    /// `(B, 1, S, S)` → `(B, (S/p)², C0)`, tokens in row-major order.
+    /// `(B, C_in, S, S)` → `(B, (S/p)², C0)`, tokens in row-major order.
     fn forward(&self, img: &Tensor) -> Result<Tensor> {
-        let x = self.proj.forward(img)?.flatten_from(2)?.transpose(1, 2)?;
+        let (b, cin, h, w) = img.dims4()?;
+        let p = self.patch;
+        if cin != self.in_channels || !h.is_multiple_of(p) || !w.is_multiple_of(p) {
+            candle_core::bail!(
+                "patch embedding: image {:?} with patches of {p}",
+                img.dims()
+            );
+        }
+        let (gh, gw) = (h / p, w / p);
+        // (B, C, gh, p, gw, p) → (B, gh, gw, C, p, p): one row per patch,
+        // in the (C, kh, kw) order of the kernel's weights.
+        let patches = img
+            .reshape((b, cin, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, gh * gw, cin * p * p))?;
+        let x = kernels::linear(&self.proj, &patches, Epilogue::Act(None))?;
         match &self.norm {
-            Some(norm) => norm.forward(&x.contiguous()?),
+            Some(norm) => norm.forward(&x),
             None => Ok(x),
         }
     }
@@ -167,14 +187,16 @@ impl WindowAttention {
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         // (q·kᵀ)/√d as the reference, not q·(1/√d)·kᵀ as LAION's original.
-        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = (kernels::matmul(&q, &k.t()?)? * scale)?;
         let scores = scores
             .reshape((bw / n_windows, n_windows, self.num_heads, n, n))?
             .broadcast_add(&self.bias)?
             .reshape((bw, self.num_heads, n, n))?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))?;
-        self.output.forward(&ctx)
+        let probs = kernels::softmax_f32(&scores)?;
+        let ctx = kernels::matmul(&probs, &v)?
+            .transpose(1, 2)?
+            .reshape((bw, n, c))?;
+        kernels::linear(&self.output, &ctx, Epilogue::Act(None))
     }
 }
 
@@ -205,9 +227,9 @@ struct WindowOrder {
 
 /// One Swin block (`ClapAudioLayer`) at a fixed resolution.
 struct SwinBlock {
-    layernorm_before: LayerNorm,
+    layernorm_before: LayerNormF32,
     attention: WindowAttention,
-    layernorm_after: LayerNorm,
+    layernorm_after: LayerNormF32,
     intermediate: Linear,
     output: Linear,
     act: Activation,
@@ -302,9 +324,9 @@ impl SwinBlock {
             None
         };
         Ok(Self {
-            layernorm_before: layer_norm(dim, cfg.layer_norm_eps, vb.pp("layernorm_before"))?,
+            layernorm_before: layer_norm_f32(dim, cfg.layer_norm_eps, vb.pp("layernorm_before"))?,
             attention,
-            layernorm_after: layer_norm(dim, cfg.layer_norm_eps, vb.pp("layernorm_after"))?,
+            layernorm_after: layer_norm_f32(dim, cfg.layer_norm_eps, vb.pp("layernorm_after"))?,
             intermediate: linear(dim, hidden, vb.pp("intermediate").pp("dense"))?,
             output: linear(hidden, dim, vb.pp("output").pp("dense"))?,
             act: cfg.hidden_act,
@@ -404,7 +426,7 @@ fn shift_mask(height: usize, width: usize, window: usize, shift: usize) -> Vec<f
 
 /// `ClapAudioPatchMerging`: 2×2 neighbours concatenated, normalised, reduced to 2C.
 struct PatchMerging {
-    norm: LayerNorm,
+    norm: LayerNormF32,
     reduction: Linear,
     height: usize,
     width: usize,
@@ -420,7 +442,11 @@ impl PatchMerging {
             .reshape((b, h2, 2, w2, 2, c))?
             .permute((0, 1, 3, 4, 2, 5))?
             .reshape((b, h2 * w2, 4 * c))?;
-        self.reduction.forward(&self.norm.forward(&x)?)
+        kernels::linear(
+            &self.reduction,
+            &self.norm.forward(&x)?,
+            Epilogue::Act(None),
+        )
     }
 }
 
@@ -435,7 +461,7 @@ pub struct ClapAudioEncoder {
     batch_norm: MelBatchNorm,
     patch_embed: PatchEmbed,
     stages: Vec<Stage>,
-    norm: LayerNorm,
+    norm: LayerNormF32,
     freq_ratio: usize,
     spec_width: usize,
     num_mel_bins: usize,
@@ -469,7 +495,7 @@ impl ClapAudioEncoder {
                 }
                 let dvb = svb.pp("downsample");
                 Some(PatchMerging {
-                    norm: layer_norm(4 * dim, TORCH_LAYER_NORM_EPS, dvb.pp("norm"))?,
+                    norm: layer_norm_f32(4 * dim, TORCH_LAYER_NORM_EPS, dvb.pp("norm"))?,
                     reduction: linear_no_bias(4 * dim, 2 * dim, dvb.pp("reduction"))?,
                     height: res.0,
                     width: res.1,
@@ -485,7 +511,7 @@ impl ClapAudioEncoder {
             batch_norm,
             patch_embed,
             stages,
-            norm: layer_norm(num_features, TORCH_LAYER_NORM_EPS, vb.pp("norm"))?,
+            norm: layer_norm_f32(num_features, TORCH_LAYER_NORM_EPS, vb.pp("norm"))?,
             freq_ratio,
             spec_width: cfg.spec_size * freq_ratio,
             num_mel_bins: cfg.num_mel_bins,
@@ -576,8 +602,8 @@ impl ClapProjection {
 
 impl Module for ClapProjection {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.linear2
-            .forward(&self.act.forward(&self.linear1.forward(x)?)?)
+        let h = kernels::linear(&self.linear1, x, Epilogue::Act(Some(self.act)))?;
+        kernels::linear(&self.linear2, &h, Epilogue::Act(None))
     }
 }
 

@@ -3,24 +3,24 @@
 //! Weight names follow the HF `model.safetensors` under `text_model.`.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 
 use crate::audio_encoder::fused_qkv;
 use crate::config::{Activation, ClapTextConfig};
-use crate::kernels::{self, AttentionBias, Epilogue};
+use crate::kernels::{self, layer_norm_f32, AttentionBias, Epilogue, LayerNormF32};
 
 struct Embeddings {
     word: Embedding,
     position: Embedding,
     token_type: Tensor,
-    norm: LayerNorm,
+    norm: LayerNormF32,
 }
 
 struct SelfAttention {
     /// q, k and v as one projection.
     qkv: Linear,
     output: Linear,
-    norm: LayerNorm,
+    norm: LayerNormF32,
     num_heads: usize,
     head_dim: usize,
 }
@@ -49,12 +49,14 @@ impl SelfAttention {
                 .contiguous()
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let scores = (kernels::matmul(&q, &k.t()?)? * scale)?.broadcast_add(mask)?;
         // Softmax in f32 as the reference's eager path does, whatever the dtype.
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
-        self.norm.forward(&(self.output.forward(&ctx)? + x)?)
+        let probs = kernels::softmax_f32(&scores)?;
+        let ctx = kernels::matmul(&probs, &v)?
+            .transpose(1, 2)?
+            .reshape((b, l, h))?;
+        self.norm
+            .forward(&kernels::linear(&self.output, &ctx, Epilogue::Residual(x))?)
     }
 }
 
@@ -62,7 +64,7 @@ struct Layer {
     attention: SelfAttention,
     intermediate: Linear,
     output: Linear,
-    norm: LayerNorm,
+    norm: LayerNormF32,
     act: Activation,
 }
 
@@ -73,7 +75,7 @@ impl Layer {
         let attention = SelfAttention {
             qkv: fused_qkv(&att.pp("self"), h, h, true)?,
             output: linear(h, h, att.pp("output").pp("dense"))?,
-            norm: layer_norm(h, cfg.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
+            norm: layer_norm_f32(h, cfg.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
             num_heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
         };
@@ -81,7 +83,7 @@ impl Layer {
             attention,
             intermediate: linear(h, cfg.intermediate_size, vb.pp("intermediate").pp("dense"))?,
             output: linear(cfg.intermediate_size, h, vb.pp("output").pp("dense"))?,
-            norm: layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            norm: layer_norm_f32(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             act: cfg.hidden_act,
         })
     }
@@ -121,7 +123,7 @@ impl ClapTextEncoder {
                 evb.pp("position_embeddings"),
             )?,
             token_type,
-            norm: layer_norm(h, cfg.layer_norm_eps, evb.pp("LayerNorm"))?,
+            norm: layer_norm_f32(h, cfg.layer_norm_eps, evb.pp("LayerNorm"))?,
         };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| Layer::load(cfg, vb.pp("encoder").pp("layer").pp(i)))
@@ -198,7 +200,7 @@ impl ClapTextEncoder {
             x = layer.forward(&x, &mask)?;
         }
         let first = x.narrow(1, 0, 1)?.squeeze(1)?;
-        self.pooler.forward(&first)?.tanh()
+        kernels::linear(&self.pooler, &first, Epilogue::Act(Some(Activation::Tanh)))
     }
 
     /// Device the weights live on.
