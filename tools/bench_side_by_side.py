@@ -152,36 +152,50 @@ class TextTower(torch.nn.Module):
         return as_tensor(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
 
+def tile(x: np.ndarray, b: int) -> np.ndarray:
+    """The first b rows, repeating the rows when b is larger (as the Rust side does)."""
+    return x[np.arange(b) % len(x)]
+
+
 def run_batches(name, audio_fn, text_fn, inputs, batches, min_time):
     """Embeds every clip and text at each batch size; times the first batch. audio_fn(np) / text_fn(ids, mask)."""
     feats, ids, mask = inputs["audio.features"], inputs["text.input_ids"], inputs["text.attention_mask"]
     res = {}
     for b in batches:
-        embs = np.concatenate([audio_fn(feats[s:s + b]) for s in range(0, N_CLIPS - N_CLIPS % b, b)])
-        s, runs = time_it(min_time, lambda: audio_fn(feats[:b]))
+        if b >= N_CLIPS:
+            embs = audio_fn(tile(feats, b))[:N_CLIPS]
+        else:
+            embs = np.concatenate([audio_fn(feats[s:s + b]) for s in range(0, N_CLIPS - N_CLIPS % b, b)])
+        batch = tile(feats, b)
+        s, runs = time_it(min_time, lambda: audio_fn(batch))
         res[("audio", b)] = dict(s_per_batch=s, runs=runs, embs=embs)
-        print(f"  {name} audio b{b}: {b / s:.2f} clips/s ({s * 1e3:.0f} ms/batch, {runs} runs)", flush=True)
-        tembs = np.concatenate([text_fn(*trim(ids[s:s + b], mask[s:s + b]))
-                                for s in range(0, len(ids) - len(ids) % b, b)])
-        bi, bm = trim(ids[:b], mask[:b])
+        print(f"  {name} audio b{b}: {b / s:.2f} clips/s ({s * 1e3:.1f} ms/batch, {runs} runs)", flush=True)
+        if b >= len(ids):
+            tembs = text_fn(*trim(tile(ids, b), tile(mask, b)))[:len(ids)]
+        else:
+            tembs = np.concatenate([text_fn(*trim(ids[s:s + b], mask[s:s + b]))
+                                    for s in range(0, len(ids) - len(ids) % b, b)])
+        bi, bm = trim(tile(ids, b), tile(mask, b))
         s, runs = time_it(min_time, lambda: text_fn(bi, bm))
         res[("text", b)] = dict(s_per_batch=s, runs=runs, embs=tembs)
         print(f"  {name} text b{b}: {b / s:.2f} texts/s ({s * 1e3:.1f} ms/batch, {runs} runs)", flush=True)
     return res
 
 
-def run_torch(model, inputs, batches, min_time):
+def run_torch(model, inputs, batches, min_time, name="transformers", device="cpu", dtype=torch.float32):
+    """Inputs go to the device in the model's dtype; results come back to the host (which synchronises)."""
     audio, text = AudioTower(model).eval(), TextTower(model).eval()
 
     def audio_fn(f):
         with torch.inference_mode():
-            return audio(torch.from_numpy(f)).numpy()
+            x = torch.from_numpy(f).to(device=device, dtype=dtype)
+            return audio(x).float().cpu().numpy()
 
     def text_fn(i, m):
         with torch.inference_mode():
-            return text(torch.from_numpy(i), torch.from_numpy(m)).numpy()
+            return text(torch.from_numpy(i).to(device), torch.from_numpy(m).to(device)).float().cpu().numpy()
 
-    return run_batches("transformers", audio_fn, text_fn, inputs, batches, min_time)
+    return run_batches(name, audio_fn, text_fn, inputs, batches, min_time)
 
 
 def export_onnx(model, work: Path, inputs) -> tuple[Path, Path]:
@@ -232,22 +246,26 @@ def run_ort(paths, inputs, batches, min_time, threads):
     return run_batches("onnxruntime", audio_fn, text_fn, inputs, batches, min_time)
 
 
-def run_traum(work: Path, model_dir: Path, batches, min_time, threads, traum_bin: str | None):
+def run_traum(work: Path, model_dir: Path, batches, min_time, threads, traum_bin: str | None,
+              device: str = "cpu", dtype: str = "f32"):
     from safetensors.numpy import load_file
 
-    out, js = work / "traum.safetensors", work / "traum.json"
+    out, js = work / f"traum-{dtype}.safetensors", work / f"traum-{dtype}.json"
     args = ["--model", str(model_dir), "--inputs", str(work / "inputs.safetensors"), "--out", str(out),
-            "--json", str(js), "--min-time", str(min_time), "--batches", ",".join(map(str, batches))]
+            "--json", str(js), "--min-time", str(min_time), "--batches", ",".join(map(str, batches)),
+            "--device", device, "--dtype", dtype]
     cmd = [traum_bin, *args] if traum_bin else ["cargo", "bench", "--bench", "side_by_side", "--", *args]
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     print("  $ RAYON_NUM_THREADS=%d %s" % (threads, " ".join(cmd)), flush=True)
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
     report = json.loads(js.read_text())
     embs = load_file(str(out))
-    res = {}
+    res = {"peak_gflops": report.get("peak_gflops")}
     for row in report["rows"]:
         key = (row["what"], row["batch"])
-        res[key] = dict(s_per_batch=row["s_per_batch"], runs=row["runs"], embs=embs[f"{row['what']}.b{row['batch']}"])
+        res[key] = dict(s_per_batch=row["s_per_batch"], runs=row["runs"], p50_s=row.get("p50_s"))
+        if row["what"] != "mel":
+            res[key]["embs"] = embs[f"{row['what']}.b{row['batch']}"]
     return res
 
 
@@ -285,6 +303,9 @@ def main() -> int:
     ap.add_argument("--flop-per-cycle", type=int, default=32,
                     help="f32 FLOP per cycle and core (32: two 256-bit FMA pipes, AVX2/FMA; also Zen 4's AVX-512)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (then ONNX Runtime is left out)")
+    ap.add_argument("--torch-dtypes", default="float32", help="comma list: float32,bfloat16,float16")
+    ap.add_argument("--traum-dtypes", default="f32", help="comma list: f32,bf16,f16")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     skip = set(filter(None, args.skip.split(",")))
@@ -301,12 +322,23 @@ def main() -> int:
     load_before = os.getloadavg()
     model_dir = build_model(work, args.seed)
     inputs = make_inputs(work, model_dir)
-    model = ClapModel.from_pretrained(str(model_dir)).eval().float()
+    model = ClapModel.from_pretrained(str(model_dir)).eval().float().to(args.device)
+    if args.device.startswith("cuda"):
+        skip.add("ort")
 
     results = {}
-    print("transformers (PyTorch eager, f32)", flush=True)
-    results["transformers"] = run_torch(model, inputs, batches, args.min_time)
+    print(f"transformers (PyTorch eager, f32, {args.device})", flush=True)
+    results["transformers"] = run_torch(model, inputs, batches, args.min_time, device=args.device)
     ref = {"audio": results["transformers"][("audio", 1)]["embs"], "text": results["transformers"][("text", 1)]["embs"]}
+    for name in filter(None, args.torch_dtypes.split(",")):
+        if name == "float32":
+            continue
+        dt = {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+        print(f"transformers (PyTorch eager, {name}, {args.device})", flush=True)
+        half = ClapModel.from_pretrained(str(model_dir)).eval().to(device=args.device, dtype=dt)
+        results[f"transformers {name}"] = run_torch(half, inputs, batches, args.min_time,
+                                                    name=f"transformers {name}", device=args.device, dtype=dt)
+        del half
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     if "ort" not in skip:
         import onnxruntime as ort
@@ -317,13 +349,22 @@ def main() -> int:
         results["onnxruntime"] = run_ort(paths, inputs, batches, args.min_time, args.threads)
     del model
     if "traum" not in skip:
-        print("traum (clap-model, candle CPU, f32)", flush=True)
-        results["traum"] = run_traum(work, model_dir, batches, args.min_time, args.threads, args.traum_bin)
+        for i, dt in enumerate(filter(None, args.traum_dtypes.split(","))):
+            name = "traum" if i == 0 else f"traum {dt}"
+            print(f"{name} (clap-model, candle, {dt}, {args.device})", flush=True)
+            results[name] = run_traum(work, model_dir, batches, args.min_time, args.threads, args.traum_bin,
+                                      device=args.device, dtype=dt)
     if "torch" in skip:
         del results["transformers"]
     load_after = os.getloadavg()
 
-    peak, peak_how = peak_gflops(args.threads, args.ghz, args.flop_per_cycle)
+    measured = [r.pop("peak_gflops", None) for r in results.values() if "peak_gflops" in r]
+    measured = [m for m in measured if m]
+    if measured and args.ghz is None:
+        peak = measured[0]
+        peak_how = f"measured: {args.threads} threads of register-only AVX2 FMAs (side_by_side bench)"
+    else:
+        peak, peak_how = peak_gflops(args.threads, args.ghz, args.flop_per_cycle)
     cols = [(w, b) for w in ("audio", "text") for b in batches]
     print()
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads for each implementation; "
@@ -343,13 +384,24 @@ def main() -> int:
                     for b in batches)
         print(f"| {name} | " + " | ".join(f"{r:.2f}" for r in rates) + " | " +
               " | ".join(f"{m:.1f}" for m in ms) + f" | {cos_a:.6f} | {cos_t:.6f} |")
-    if "traum" in results:
-        print()
+    print()
+    for tname, tres in results.items():
+        if not tname.startswith("traum"):
+            continue
         for name, res in results.items():
-            if name == "traum":
+            if name.startswith("traum"):
                 continue
-            ratios = [res[(w, b)]["s_per_batch"] / results["traum"][(w, b)]["s_per_batch"] for w, b in cols]
-            print(f"traum / {name}: " + ", ".join(f"{w} b{b} {r:.2f}x" for (w, b), r in zip(cols, ratios)))
+            ratios = [res[(w, b)]["s_per_batch"] / tres[(w, b)]["s_per_batch"] for w, b in cols]
+            print(f"{tname} / {name}: " + ", ".join(f"{w} b{b} {r:.2f}x" for (w, b), r in zip(cols, ratios)))
+    for name, res in results.items():
+        mel = [f"b{b} {b / res[('mel', b)]['s_per_batch']:.0f}" for b in batches if ("mel", b) in res]
+        if mel:
+            where = "on the device" if args.device.startswith("cuda") else f"{args.threads} threads"
+            print(f"{name} mel front end, clips/s ({where}): " + ", ".join(mel))
+        if ("text", 1) in res and res[("text", 1)].get("p50_s"):
+            print(f"{name} text p50 at batch 1: {res[('text', 1)]['p50_s'] * 1e3:.2f} ms")
+    if args.device.startswith("cuda"):
+        peak = 0.0
     print()
     print(f"audio tower: {AUDIO_GFLOP_PER_CLIP} GFLOP per 10 s clip; f32 peak {peak:.0f} GFLOP/s ({peak_how})")
     for name, res in results.items():
@@ -358,7 +410,8 @@ def main() -> int:
                   for b in batches] if peak > 0 else []
         print(f"  {name}: " + ", ".join(shares))
     if args.json:
-        out = {name: {f"{w}.b{b}": {k: v for k, v in r.items() if k != "embs"} for (w, b), r in res.items()}
+        out = {name: {f"{w}.b{b}": {k: v for k, v in r.items() if k != "embs"} for (w, b), r in res.items()
+                      if isinstance(r, dict)}
                for name, res in results.items()}
         args.json.write_text(json.dumps(dict(results=out, versions=versions, load=[load_before, load_after],
                                              threads=args.threads, peak_gflops=peak), indent=2))

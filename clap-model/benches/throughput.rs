@@ -57,6 +57,7 @@ fn time_it(min_time: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    clap_model::tune_allocator();
     let quick = std::env::args().any(|a| a == "--quick");
     let batches: &[usize] = if quick { &[1, 8] } else { &[1, 8, 32] };
     let device = Device::Cpu;

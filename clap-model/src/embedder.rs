@@ -4,10 +4,10 @@
 
 use std::str::FromStr;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ClapError, Result};
-use crate::features::{FeatureExtractorConfig, MelFrontEnd};
+use crate::features::{DeviceMelFrontEnd, FeatureExtractorConfig, MelFrontEnd};
 use crate::model::ClapModel;
 use crate::source::ModelFiles;
 use crate::tokenizer::ClapTokenizer;
@@ -81,7 +81,8 @@ impl FromStr for Precision {
 }
 
 impl Precision {
-    fn resolve(self, device: &Device) -> Result<DType> {
+    /// The dtype this precision means on `device` (half types are refused on the CPU).
+    pub fn resolve(self, device: &Device) -> Result<DType> {
         match (self, device.is_cpu()) {
             (Self::Auto | Self::F32, _) => Ok(DType::F32),
             (Self::F16, false) => Ok(DType::F16),
@@ -133,6 +134,8 @@ pub struct ClapEmbedder {
     model: ClapModel,
     tokenizer: ClapTokenizer,
     front_end: MelFrontEnd,
+    /// The front end on the model's device, where that is not the CPU.
+    device_front_end: Option<DeviceMelFrontEnd>,
     device: Device,
     max_batch: usize,
     info: EmbedderInfo,
@@ -175,6 +178,12 @@ impl ClapEmbedder {
             });
         }
         let front_end = MelFrontEnd::new(fe_config)?;
+        // On a GPU the features are computed there too.
+        let device_front_end = if device.is_cpu() {
+            None
+        } else {
+            Some(front_end.on_device(&device)?)
+        };
         let info = EmbedderInfo {
             model_id: files.id.clone(),
             device: describe_device(&device),
@@ -188,6 +197,7 @@ impl ClapEmbedder {
             model,
             tokenizer,
             front_end,
+            device_front_end,
             device,
             max_batch: max_batch.max(1),
             info,
@@ -230,8 +240,52 @@ impl ClapEmbedder {
     pub fn embed_windows(&self, windows: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(windows.len());
         for chunk in windows.chunks(self.max_batch) {
-            let features = self.front_end.batch(chunk, &self.device)?;
+            let features = match &self.device_front_end {
+                Some(on_device) => on_device.batch(&self.front_end, chunk)?,
+                None => self.front_end.batch(chunk, &self.device)?,
+            };
             let emb = self.model.audio_embeddings(&features)?;
+            out.extend(emb.to_vec2::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    /// Log-mel features of one window ([`MelFrontEnd::features`]), on the
+    /// caller's thread: what [`embed_features`](Self::embed_features) takes.
+    /// Callers that decode audio on threads of their own compute them there,
+    /// so the features overlap the forward pass instead of preceding it.
+    pub fn window_features(&self, samples: &[f32]) -> Result<Vec<f32>> {
+        Ok(self.front_end.features(samples)?)
+    }
+
+    /// Values of one window's features (`n_frames × n_mels`).
+    pub fn features_len(&self) -> usize {
+        self.front_end.n_frames() * self.front_end.n_mels()
+    }
+
+    /// One embedding per window of features, as [`window_features`](Self::window_features)
+    /// makes them.
+    pub fn embed_features(&self, features: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
+        let per = self.features_len();
+        if let Some(i) = features.iter().position(|f| f.len() != per) {
+            return Err(ClapError::FeatureShape {
+                index: i,
+                got: features[i].len(),
+                frames: self.front_end.n_frames(),
+                mels: self.front_end.n_mels(),
+            });
+        }
+        let mut out = Vec::with_capacity(features.len());
+        for chunk in features.chunks(self.max_batch) {
+            let data = chunk.concat();
+            let shape = (
+                chunk.len(),
+                1,
+                self.front_end.n_frames(),
+                self.front_end.n_mels(),
+            );
+            let batch = Tensor::from_vec(data, shape, &self.device)?;
+            let emb = self.model.audio_embeddings(&batch)?;
             out.extend(emb.to_vec2::<f32>()?);
         }
         Ok(out)

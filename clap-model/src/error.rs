@@ -42,6 +42,14 @@ pub enum ClapError {
     /// The mel front end refused its input.
     #[error(transparent)]
     Features(#[from] crate::features::FeaturesError),
+    /// Precomputed features of the wrong size for this model.
+    #[error("window {index} has {got} feature values; this model takes {frames} frames × {mels} mel bins")]
+    FeatureShape {
+        index: usize,
+        got: usize,
+        frames: usize,
+        mels: usize,
+    },
     /// A device or dtype that this build or machine cannot provide.
     #[error("device: {0}")]
     Device(String),

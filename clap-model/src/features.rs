@@ -496,6 +496,62 @@ impl MelFrontEnd {
         )?)
     }
 
+    /// This front end as tensor ops on `device` (see [`DeviceMelFrontEnd`]).
+    pub fn on_device(&self, device: &Device) -> Result<DeviceMelFrontEnd, FeaturesError> {
+        let (n_fft, bins) = (self.n_fft, self.n_freq_bins);
+        // [Hann·cos | −Hann·sin], (n_fft, 2·bins): one matmul gives the real
+        // and imaginary parts of every bin of every frame.
+        let mut basis = vec![0f32; n_fft * 2 * bins];
+        for (n, row) in basis.chunks_exact_mut(2 * bins).enumerate() {
+            for k in 0..bins {
+                // n·k mod n_fft keeps the angle small and exact in f64.
+                let angle = std::f64::consts::TAU * ((n * k) % n_fft) as f64 / n_fft as f64;
+                row[k] = (self.window[n] * angle.cos()) as f32;
+                row[bins + k] = (-self.window[n] * angle.sin()) as f32;
+            }
+        }
+        let mut filters_t = vec![0f32; bins * self.n_mels];
+        for (m, filter) in self.filters.chunks_exact(bins).enumerate() {
+            for (k, &w) in filter.iter().enumerate() {
+                filters_t[k * self.n_mels + m] = w as f32;
+            }
+        }
+        let frame_index: Vec<u32> = (0..self.n_frames)
+            .flat_map(|t| (0..n_fft).map(move |i| (t * self.hop + i) as u32))
+            .collect();
+        Ok(DeviceMelFrontEnd {
+            basis: Tensor::from_vec(basis, (n_fft, 2 * bins), device)?,
+            filters_t: Tensor::from_vec(filters_t, (bins, self.n_mels), device)?,
+            frame_index: Tensor::from_vec(frame_index, self.n_frames * n_fft, device)?,
+            padded_len: self.max_samples + 2 * (n_fft / 2),
+            n_frames: self.n_frames,
+            n_fft,
+            bins,
+            n_mels: self.n_mels,
+            device: device.clone(),
+        })
+    }
+
+    /// The windows checked and padded as the front end's first steps do, as
+    /// one `(B, max_samples + n_fft)` f32 buffer.
+    fn padded_batch(&self, windows: &[&[f32]]) -> Result<Vec<f32>, FeaturesError> {
+        if windows.is_empty() {
+            return Err(FeaturesError::EmptyBatch);
+        }
+        let len = self.max_samples + 2 * (self.n_fft / 2);
+        let mut padded = vec![0f64; len];
+        let mut out = Vec::with_capacity(windows.len() * len);
+        for (index, w) in windows.iter().enumerate() {
+            self.pad_into(w, &mut padded)
+                .map_err(|e| FeaturesError::InBatch {
+                    index,
+                    source: Box::new(e),
+                })?;
+            out.extend(padded.iter().map(|&v| v as f32));
+        }
+        Ok(out)
+    }
+
     fn scratch(&self) -> Scratch {
         Scratch {
             padded: vec![0.0; self.max_samples + 2 * (self.n_fft / 2)],
@@ -506,12 +562,9 @@ impl MelFrontEnd {
         }
     }
 
-    fn features_into(
-        &self,
-        samples: &[f32],
-        s: &mut Scratch,
-        out: &mut [f32],
-    ) -> Result<(), FeaturesError> {
+    /// Checks one window and writes it into `padded` (`max_samples + n_fft`
+    /// values): length handling, then centre padding.
+    fn pad_into(&self, samples: &[f32], padded: &mut [f64]) -> Result<(), FeaturesError> {
         let len = samples.len();
         if len == 0 {
             return Err(FeaturesError::Empty);
@@ -538,7 +591,7 @@ impl MelFrontEnd {
         // 1. Length handling on the waveform (reference `_get_input_mel`).
         let pad = self.n_fft / 2;
         let max = self.max_samples;
-        let body = &mut s.padded[pad..pad + max];
+        let body = &mut padded[pad..pad + max];
         let filled = match self.padding {
             PaddingMode::RepeatPad => (max / len) * len,
             PaddingMode::Repeat => max,
@@ -550,11 +603,21 @@ impl MelFrontEnd {
         body[filled..].fill(0.0);
 
         // 2. Centre padding, numpy "reflect" (edge sample not repeated).
-        let total = s.padded.len();
+        let total = padded.len();
         for j in 0..pad {
-            s.padded[j] = s.padded[2 * pad - j];
-            s.padded[total - 1 - j] = s.padded[total - 1 - 2 * pad + j];
+            padded[j] = padded[2 * pad - j];
+            padded[total - 1 - j] = padded[total - 1 - 2 * pad + j];
         }
+        Ok(())
+    }
+
+    fn features_into(
+        &self,
+        samples: &[f32],
+        s: &mut Scratch,
+        out: &mut [f32],
+    ) -> Result<(), FeaturesError> {
+        self.pad_into(samples, &mut s.padded)?;
 
         // 3. STFT → power → mel → dB, frame by frame.
         for (t, row) in out.chunks_exact_mut(self.n_mels).enumerate() {
@@ -587,5 +650,46 @@ impl MelFrontEnd {
             }
         }
         Ok(())
+    }
+}
+
+/// The mel front end as tensor ops on a device, for a GPU: the STFT is one
+/// matmul of the frames against a DFT basis with the Hann window folded in,
+/// then power, the mel filter bank as a second matmul, and dB. Checking and
+/// padding the waveform stay on the host (one pass over the samples); the
+/// frames are gathered on the device. f32 throughout (the CPU front end runs
+/// in f64 like the reference); `tests/features.rs` states the difference.
+pub struct DeviceMelFrontEnd {
+    basis: Tensor,
+    filters_t: Tensor,
+    frame_index: Tensor,
+    padded_len: usize,
+    n_frames: usize,
+    n_fft: usize,
+    bins: usize,
+    n_mels: usize,
+    device: Device,
+}
+
+impl DeviceMelFrontEnd {
+    /// Features of several windows, `(B, 1, n_frames, n_mels)` f32 on the
+    /// device: what [`MelFrontEnd::batch`] computes on the host.
+    pub fn batch(&self, host: &MelFrontEnd, windows: &[&[f32]]) -> Result<Tensor, FeaturesError> {
+        let b = windows.len();
+        let padded = Tensor::from_vec(
+            host.padded_batch(windows)?,
+            (b, self.padded_len),
+            &self.device,
+        )?;
+        let frames = padded
+            .index_select(&self.frame_index, 1)?
+            .reshape((b * self.n_frames, self.n_fft))?;
+        let spectrum = frames.matmul(&self.basis)?;
+        let re = spectrum.narrow(1, 0, self.bins)?;
+        let im = spectrum.narrow(1, self.bins, self.bins)?;
+        let power = (re.sqr()? + im.sqr()?)?;
+        let mel = power.matmul(&self.filters_t)?;
+        let db = (mel.maximum(MEL_FLOOR)?.log()? * (10.0 / std::f64::consts::LN_10))?;
+        Ok(db.reshape((b, 1, self.n_frames, self.n_mels))?)
     }
 }

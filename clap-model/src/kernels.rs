@@ -242,13 +242,16 @@ impl InplaceOp3 for BiasResidual {
 }
 
 /// How the additive attention bias is laid out.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum AttentionBias {
     /// `(n_bias, heads, N, N)`: sequence `s` takes bias `s % n_bias`
     /// (Swin windows, batch-major; `n_bias` 1 for unshifted blocks).
     PerWindow { n_bias: usize },
     /// `(B, N)`: one value per key of each sequence (a padding mask).
     PerKey,
+    /// No bias: `qkv` is `(1, T, 3C)`, sequences of these lengths packed
+    /// one after another (padding removed), each attending to itself.
+    Packed(std::sync::Arc<[usize]>),
 }
 
 /// Multi-head self-attention over `qkv`: `(S, N, 3C)` holding q, k, v of
@@ -300,14 +303,21 @@ impl CustomOp2 for AttentionOp {
         }
         let c = c3 / 3;
         let d = c / heads;
-        let bias_len = match self.layout {
+        let bias_len = match &self.layout {
             AttentionBias::PerWindow { n_bias } => {
+                let n_bias = *n_bias;
                 if n_bias == 0 || !s.is_multiple_of(n_bias) {
                     bail!("{}: {s} windows, {n_bias} biases", self.name());
                 }
                 n_bias * heads * n * n
             }
             AttentionBias::PerKey => s * n,
+            AttentionBias::Packed(lens) => {
+                if s != 1 || lens.iter().sum::<usize>() != n || lens.contains(&0) {
+                    bail!("{}: {s}×{n} tokens, sequences {lens:?}", self.name());
+                }
+                return Ok(packed_attention(qkv, lens, heads, c, self.scale));
+            }
         };
         if bias.len() != bias_len {
             bail!(
@@ -320,7 +330,7 @@ impl CustomOp2 for AttentionOp {
         // Every value is written: each head's columns by its second gemm.
         let mut out = uninit_vec(s * n * c);
         let scale = self.scale;
-        let layout = self.layout;
+        let layout = &self.layout;
         out.par_chunks_mut(n * c).enumerate().for_each_init(
             || vec![0f32; n * n],
             |scores, (seq, o)| {
@@ -328,7 +338,7 @@ impl CustomOp2 for AttentionOp {
                 for h in 0..heads {
                     match layout {
                         AttentionBias::PerWindow { n_bias } => {
-                            let at = ((seq % n_bias) * heads + h) * n * n;
+                            let at = ((seq % *n_bias) * heads + h) * n * n;
                             scores.copy_from_slice(&bias[at..at + n * n]);
                         }
                         AttentionBias::PerKey => {
@@ -337,65 +347,117 @@ impl CustomOp2 for AttentionOp {
                                 row.copy_from_slice(keys);
                             }
                         }
+                        AttentionBias::Packed(_) => unreachable!("handled above"),
                     }
-                    // SAFETY: every pointer, stride and extent below stays
-                    // inside `x` (n rows of 3c), `scores` (n × n) and `o`
-                    // (n rows of c), which this task alone owns.
-                    unsafe {
-                        // scores = bias + scale · q·kᵀ
-                        gemm::gemm(
-                            n,
-                            n,
-                            d,
-                            scores.as_mut_ptr(),
-                            1,
-                            n as isize,
-                            true,
-                            x.as_ptr().add(h * d),
-                            1,
-                            c3 as isize,
-                            x.as_ptr().add(c + h * d),
-                            c3 as isize,
-                            1,
-                            1.0,
-                            scale,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
-                    for row in scores.chunks_exact_mut(n) {
-                        simd::softmax(row);
-                    }
-                    unsafe {
-                        // o[:, h] = probs · v
-                        gemm::gemm(
-                            n,
-                            d,
-                            n,
-                            o.as_mut_ptr().add(h * d),
-                            1,
-                            c as isize,
-                            false,
-                            scores.as_ptr(),
-                            1,
-                            n as isize,
-                            x.as_ptr().add(2 * c + h * d),
-                            1,
-                            c3 as isize,
-                            0.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
+                    head_attention(x, o, scores, n, c, d, h, scale);
                 }
             },
         );
         Ok((CpuStorage::F32(out), (s, n, c).into()))
+    }
+}
+
+/// Attention of the sequences packed in `qkv` (`T` rows of 3C, lengths
+/// `lens`), one task per sequence: `(1, T, C)`.
+fn packed_attention(
+    qkv: &[f32],
+    lens: &[usize],
+    heads: usize,
+    c: usize,
+    scale: f32,
+) -> (CpuStorage, Shape) {
+    let t: usize = lens.iter().sum();
+    let d = c / heads;
+    let c3 = 3 * c;
+    let mut out = uninit_vec(t * c);
+    // Split the output at the sequences' boundaries.
+    let mut parts = Vec::with_capacity(lens.len());
+    let (mut rest, mut start) = (out.as_mut_slice(), 0);
+    for &len in lens {
+        let (part, tail) = rest.split_at_mut(len * c);
+        parts.push((start, len, part));
+        rest = tail;
+        start += len;
+    }
+    parts.into_par_iter().for_each(|(start, n, o)| {
+        let x = &qkv[start * c3..(start + n) * c3];
+        let mut scores = vec![0f32; n * n];
+        for h in 0..heads {
+            scores.fill(0.0); // no bias
+            head_attention(x, o, &mut scores, n, c, d, h, scale);
+        }
+    });
+    (CpuStorage::F32(out), (1, t, c).into())
+}
+
+/// One head of one sequence: `scores` holds the bias on entry; `o[:, h]`
+/// gets `softmax(scores + scale·q·kᵀ)·v`. `x`: n rows of q, k, v (3c).
+#[allow(clippy::too_many_arguments)]
+fn head_attention(
+    x: &[f32],
+    o: &mut [f32],
+    scores: &mut [f32],
+    n: usize,
+    c: usize,
+    d: usize,
+    h: usize,
+    scale: f32,
+) {
+    let c3 = 3 * c;
+    assert!(x.len() >= n * c3 && o.len() >= n * c && scores.len() >= n * n && (h + 1) * d <= c);
+    // SAFETY: every pointer, stride and extent below stays
+    // inside `x` (n rows of 3c), `scores` (n × n) and `o`
+    // (n rows of c), which this task alone owns.
+    unsafe {
+        // scores = bias + scale · q·kᵀ
+        gemm::gemm(
+            n,
+            n,
+            d,
+            scores.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr().add(h * d),
+            1,
+            c3 as isize,
+            x.as_ptr().add(c + h * d),
+            c3 as isize,
+            1,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    for row in scores.chunks_exact_mut(n) {
+        simd::softmax(row);
+    }
+    unsafe {
+        // o[:, h] = probs · v
+        gemm::gemm(
+            n,
+            d,
+            n,
+            o.as_mut_ptr().add(h * d),
+            1,
+            c as isize,
+            false,
+            scores.as_ptr(),
+            1,
+            n as isize,
+            x.as_ptr().add(2 * c + h * d),
+            1,
+            c3 as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -659,7 +721,7 @@ pub(crate) mod simd {
         p = p * r + 8.333_452e-3;
         p = p * r + 4.166_579_6e-2;
         p = p * r + 1.666_666_5e-1;
-        p = p * r + 5.000_000_1e-1;
+        p = p * r + 0.5; // Cephes: 5.0000001201e-1, which is 0.5 in f32
         let y = p * r * r + r + 1.0;
         y * f32::from_bits(((n as i32 + 127) as u32) << 23)
     }
@@ -966,7 +1028,39 @@ mod tests {
         for v in &mut data[at..at + 3 * c] {
             *v += 5.0;
         }
-        let moved = Tensor::from_vec(data, (b, l, 3 * c), &Device::Cpu).unwrap();
+        let moved = Tensor::from_vec(data.clone(), (b, l, 3 * c), &Device::Cpu).unwrap();
+        // Packed (padding removed) gives the masked result on the real tokens.
+        let lens: Vec<usize> = (0..b).map(|i| l - 4 * i).collect();
+        let real: Vec<f32> = (0..b)
+            .flat_map(|i| {
+                let from = i * l * 3 * c;
+                data[from..from + lens[i] * 3 * c].to_vec()
+            })
+            .collect();
+        let t: usize = lens.iter().sum();
+        let packed = Tensor::from_vec(real, (1, t, 3 * c), &Device::Cpu).unwrap();
+        let got_packed = attention(
+            &packed,
+            &packed,
+            heads,
+            0.125,
+            AttentionBias::Packed(lens.clone().into()),
+        )
+        .unwrap();
+        let mut at = 0;
+        for (i, &n) in lens.iter().enumerate() {
+            let p = got_packed.narrow(1, at, n).unwrap().squeeze(0).unwrap();
+            let m = got
+                .narrow(0, i, 1)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .narrow(0, 0, n)
+                .unwrap();
+            let diff = max_abs_diff(&p, &m);
+            assert!(diff < TOL, "packed sequence {i}: {diff:e}");
+            at += n;
+        }
         let got2 = attention(&moved, &mask, heads, 0.125, AttentionBias::PerKey).unwrap();
         let real = |t: &Tensor| t.narrow(0, 2, 1).unwrap().narrow(1, 0, l - 8).unwrap();
         assert!(max_abs_diff(&real(&got), &real(&got2)) < 1e-6);

@@ -25,12 +25,35 @@ struct SelfAttention {
     head_dim: usize,
 }
 
+/// Which keys each token attends to.
+#[derive(Clone)]
+enum Keys {
+    /// `x` is `(B, L, H)`, padded; the additive mask is `(B, 1, 1, L)`.
+    Mask(Tensor),
+    /// `x` is `(1, T, H)`: the real tokens of sequences of these lengths,
+    /// packed (fused kernels only).
+    Packed(std::sync::Arc<[usize]>),
+}
+
 impl SelfAttention {
-    /// `x`: `(B, L, H)`, `mask`: additive `(B, 1, 1, L)`.
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, keys: &Keys) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
         let qkv = kernels::linear(&self.qkv, x, Epilogue::Act(None))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mask = match keys {
+            Keys::Packed(lens) => {
+                let ctx = kernels::attention(
+                    &qkv,
+                    &qkv,
+                    self.num_heads,
+                    scale,
+                    AttentionBias::Packed(lens.clone()),
+                )?;
+                let y = kernels::linear(&self.output, &ctx, Epilogue::Residual(x))?;
+                return self.norm.forward(&y);
+            }
+            Keys::Mask(mask) => mask,
+        };
         if kernels::fused(&qkv) {
             let ctx = kernels::attention(
                 &qkv,
@@ -88,8 +111,8 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let x = self.attention.forward(x, mask)?;
+    fn forward(&self, x: &Tensor, keys: &Keys) -> Result<Tensor> {
+        let x = self.attention.forward(x, keys)?;
         let m = kernels::linear(&self.intermediate, &x, Epilogue::Act(Some(self.act)))?;
         self.norm
             .forward(&kernels::linear(&self.output, &m, Epilogue::Residual(&x))?)
@@ -185,7 +208,49 @@ impl ClapTextEncoder {
             .forward(&ids)?
             .broadcast_add(&e.token_type)?
             .add(&e.position.forward(&positions)?)?;
-        let mut x = e.norm.forward(&x)?;
+        let x = e.norm.forward(&x)?;
+
+        // With the fused kernels, padding is dropped: every layer but the
+        // attention is per token, so only real tokens go through them, and
+        // each text attends to its own (what the mask does, at no cost for
+        // the pads). Right-padded batches only; others take the mask.
+        let lens: Vec<usize> = attention_mask
+            .iter()
+            .map(|m| m.iter().take_while(|&&v| v != 0).count())
+            .collect();
+        let right_padded = lens
+            .iter()
+            .zip(attention_mask)
+            .all(|(&n, m)| n > 0 && m[n..].iter().all(|&v| v == 0));
+        if kernels::fused(&x) && right_padded {
+            let real: Vec<u32> = lens
+                .iter()
+                .enumerate()
+                .flat_map(|(r, &n)| (0..n).map(move |t| (r * l + t) as u32))
+                .collect();
+            let n_real = real.len();
+            let index = Tensor::from_vec(real, n_real, &self.device)?;
+            let mut x = x
+                .reshape((b * l, x.dim(2)?))?
+                .index_select(&index, 0)?
+                .unsqueeze(0)?;
+            let keys = Keys::Packed(lens.clone().into());
+            for layer in &self.layers {
+                x = layer.forward(&x, &keys)?;
+            }
+            // Each text's first token (<s>) opens its stretch of the packing.
+            let firsts: Vec<u32> = lens
+                .iter()
+                .scan(0usize, |at, &n| {
+                    let first = *at;
+                    *at += n;
+                    Some(first as u32)
+                })
+                .collect();
+            let firsts = Tensor::from_vec(firsts, b, &self.device)?;
+            let first = x.squeeze(0)?.index_select(&firsts, 0)?;
+            return kernels::linear(&self.pooler, &first, Epilogue::Act(Some(Activation::Tanh)));
+        }
 
         // The reference adds finfo(dtype).min to masked keys; f32::MIN would
         // overflow to −inf in f16/bf16, so use the dtype's own minimum.
@@ -196,8 +261,10 @@ impl ClapTextEncoder {
         };
         let mask =
             (Tensor::from_vec(mask, (b, 1, 1, l), &self.device)? * min)?.to_dtype(self.dtype)?;
+        let keys = Keys::Mask(mask);
+        let mut x = x;
         for layer in &self.layers {
-            x = layer.forward(&x, &mask)?;
+            x = layer.forward(&x, &keys)?;
         }
         let first = x.narrow(1, 0, 1)?.squeeze(1)?;
         kernels::linear(&self.pooler, &first, Epilogue::Act(Some(Activation::Tanh)))

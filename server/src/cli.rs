@@ -317,9 +317,25 @@ pub struct ModelArgs {
     /// auto (f32, the precision the parity tests cover), f32, or on a GPU f16 or bf16.
     #[arg(long, env = "TRAUM_DTYPE", default_value = "auto")]
     pub dtype: Precision,
-    /// Most audio windows or texts per forward pass.
-    #[arg(long, env = "TRAUM_BATCH_SIZE", default_value_t = 8)]
-    pub batch_size: usize,
+    /// Most audio windows or texts per forward pass [default: 8 on the CPU, 128 on a GPU].
+    #[arg(long, env = "TRAUM_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+}
+
+impl ModelArgs {
+    /// `--batch-size`, or the default for the device: 8 on the CPU (larger
+    /// batches gain nothing there and hold more memory), 128 on a GPU (which
+    /// needs that many windows to be busy).
+    pub fn batch_size(&self) -> usize {
+        let gpu = match self.device {
+            DeviceSpec::Cpu => false,
+            DeviceSpec::Cuda(_) => true,
+            // A CUDA build takes the GPU when it finds one (else the CPU,
+            // then with the GPU's batch: set --batch-size there).
+            DeviceSpec::Auto => cfg!(feature = "cuda"),
+        };
+        self.batch_size.unwrap_or(if gpu { 128 } else { 8 }).max(1)
+    }
 }
 
 #[derive(Debug, Clone, Args)]

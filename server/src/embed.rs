@@ -44,7 +44,7 @@ pub fn load_embedder(args: &ModelArgs) -> Result<ClapEmbedder> {
         model: args.model.clone(),
         device: args.device,
         precision: args.dtype,
-        max_batch: args.batch_size,
+        max_batch: args.batch_size(),
     };
     ClapEmbedder::load(&options).context("loading the CLAP model")
 }

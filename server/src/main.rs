@@ -6,6 +6,9 @@ use traum_server::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
+    // Tensor buffers are reused from the heap instead of mapped and zeroed
+    // by the kernel at every op (~8 % of a CPU forward pass at batch 8).
+    clap_model::tune_allocator();
     let cli = Cli::parse();
     traum_server::logging::init(cli.log_json);
     let result = match cli.command {

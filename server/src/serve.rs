@@ -32,9 +32,9 @@ pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryCo
     config.database_url = args.database_url.clone().filter(|u| !u.trim().is_empty());
     config.workers = args.workers.max(1);
     config.batcher = BatcherConfig {
-        max_batch: model.batch_size.max(1),
+        max_batch: model.batch_size(),
         max_wait: Duration::from_millis(args.batch_wait_ms),
-        queue_capacity: (model.batch_size * 4).max(8),
+        queue_capacity: (model.batch_size() * 4).max(8),
     };
     config.hop_s = args.hop_s;
     config.max_attempts = args.max_attempts.max(1);
@@ -68,7 +68,7 @@ pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryCo
         model: model.model.clone(),
         device: model.device,
         precision: model.dtype,
-        max_batch: model.batch_size,
+        max_batch: model.batch_size(),
     };
     if let Some(ef) = args.vectors.index_search_ef {
         if !(1..=10_000).contains(&ef) {

@@ -6,6 +6,11 @@
 //! batcher takes the first waiting request, then whatever else arrives within
 //! `max_wait` up to `max_batch`, and runs one forward pass on a blocking
 //! thread. Texts go first: a search is waiting for them, ingestion is not.
+//!
+//! Audio arrives as log-mel features, computed by the sender on its own
+//! thread ([`Embedder::window_features`], in the decoder's thread for files):
+//! the front end then runs beside the forward pass, not before it on the
+//! batcher's thread, and a queued window is 1001 × 64 values, not 480 000.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -60,9 +65,12 @@ struct Job<T> {
 /// A cheap, cloneable handle to the batcher.
 #[derive(Clone)]
 pub struct Embedder {
+    /// Features of one window each.
     windows: mpsc::Sender<Job<Vec<f32>>>,
     texts: mpsc::Sender<Job<String>>,
     info: Arc<EmbedderInfo>,
+    /// For the front end, which runs on the senders' threads.
+    model: Arc<ClapEmbedder>,
     waiting: Arc<AtomicUsize>,
     metrics: Metrics,
 }
@@ -79,7 +87,7 @@ impl Embedder {
         let info = Arc::new(model.info().clone());
         let waiting = Arc::new(AtomicUsize::new(0));
         let batcher = Batcher {
-            model,
+            model: model.clone(),
             config: BatcherConfig {
                 max_batch: config.max_batch.max(1),
                 ..config
@@ -94,6 +102,7 @@ impl Embedder {
                 windows: windows_tx,
                 texts: texts_tx,
                 info,
+                model,
                 waiting,
                 metrics,
             },
@@ -110,9 +119,35 @@ impl Embedder {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// The embedding of one window (mono, model rate, at most one window long).
+    /// Log-mel features of one window (mono, model rate, at most one window
+    /// long), computed on the calling thread: blocking, for decoder threads.
+    /// Errors belong to this window alone.
+    pub fn window_features(&self, samples: &[f32]) -> Result<Vec<f32>, EmbedError> {
+        // NaN or infinity would poison the features (and a batch's statistics).
+        if let Some(i) = samples.iter().position(|s| !s.is_finite()) {
+            return Err(EmbedError::Input(
+                format!("the audio window holds a non-finite sample (NaN or infinity) at {i}")
+                    .into(),
+            ));
+        }
+        self.model
+            .window_features(samples)
+            .map_err(|e| EmbedError::Input(e.to_string().into()))
+    }
+
+    /// The embedding of one window's features (from [`window_features`](Self::window_features)).
+    pub async fn embed_features(&self, features: Vec<f32>) -> Result<Vec<f32>, EmbedError> {
+        self.submit(&self.windows, features).await
+    }
+
+    /// The embedding of one window: its features on a blocking thread, then
+    /// the batcher.
     pub async fn embed_window(&self, samples: Vec<f32>) -> Result<Vec<f32>, EmbedError> {
-        self.submit(&self.windows, samples).await
+        let this = self.clone();
+        let features = tokio::task::spawn_blocking(move || this.window_features(&samples))
+            .await
+            .map_err(|e| EmbedError::Model(format!("front end task failed: {e}").into()))??;
+        self.embed_features(features).await
     }
 
     /// The embedding of one text.
@@ -182,9 +217,10 @@ impl Batcher {
                 First::Window(job) => {
                     let batch = gather(&mut self.windows, job, &self.config).await;
                     let model = self.model.clone();
-                    self.run_batch("audio", batch, check_window, move |inputs| {
-                        let windows: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
-                        model.embed_windows(&windows)
+                    let check = check_features(self.model.features_len());
+                    self.run_batch("audio", batch, check, move |inputs| {
+                        let features: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+                        model.embed_features(&features)
                     })
                     .await;
                 }
@@ -201,7 +237,7 @@ impl Batcher {
         &self,
         kind: &'static str,
         batch: Vec<Job<T>>,
-        check: fn(&T) -> Result<(), String>,
+        check: impl Fn(&T) -> Result<(), String>,
         forward: impl Fn(&[T]) -> clap_model::Result<Vec<Vec<f32>>> + Send + 'static,
     ) {
         let mut inputs = Vec::with_capacity(batch.len());
@@ -250,7 +286,9 @@ impl Batcher {
 }
 
 /// Runs `forward` over all inputs; if that fails (or panics) and there is more than one,
-/// runs each alone, so one bad input cannot fail its neighbours.
+/// runs each half on its own, and so on down: one bad input cannot fail its neighbours
+/// (it is found in log₂ n passes), and a batch too large for the device (out of memory)
+/// goes through as smaller ones instead of failing its files.
 fn forward_isolated<T>(
     forward: &impl Fn(&[T]) -> clap_model::Result<Vec<Vec<f32>>>,
     inputs: &[T],
@@ -274,27 +312,26 @@ fn forward_isolated<T>(
             vec![Err(EmbedError::Model(message.into()))]
         }
         Err(message) => {
-            tracing::warn!(%message, n = inputs.len(), "batch failed; embedding its inputs one by one");
-            inputs
-                .iter()
-                .map(|input| {
-                    run(std::slice::from_ref(input))
-                        .map(|mut v| v.remove(0))
-                        .map_err(|m| EmbedError::Model(m.into()))
-                })
-                .collect()
+            tracing::warn!(%message, n = inputs.len(), "batch failed; embedding it in two halves");
+            let (left, right) = inputs.split_at(inputs.len() / 2);
+            let mut out = forward_isolated(forward, left);
+            out.extend(forward_isolated(forward, right));
+            out
         }
     }
 }
 
-/// A window must be numbers: NaN or infinity would poison the whole batch's features.
-#[allow(clippy::ptr_arg)] // the check's type is `fn(&T)`, and T is the job's `Vec<f32>`
-fn check_window(samples: &Vec<f32>) -> Result<(), String> {
-    match samples.iter().position(|s| !s.is_finite()) {
-        Some(i) => Err(format!(
-            "the audio window holds a non-finite sample (NaN or infinity) at {i}"
-        )),
-        None => Ok(()),
+/// A window's features must be the model's size (the front end makes them so).
+fn check_features(len: usize) -> impl Fn(&Vec<f32>) -> Result<(), String> {
+    move |features| {
+        if features.len() == len {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} feature values for a window; this model takes {len}",
+                features.len()
+            ))
+        }
     }
 }
 
@@ -398,8 +435,8 @@ mod tests {
     }
 
     /// One bad input among many concurrent callers fails that caller alone: a NaN window is
-    /// refused before the forward pass, and a window the model refuses (too long) fails the
-    /// batch's pass, after which every input is retried on its own.
+    /// refused by its own front end, and so is a window the model cannot take (too long);
+    /// features of the wrong size are refused before the forward pass.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_bad_input_fails_only_its_caller() {
         let metrics = Metrics::new();
@@ -437,15 +474,25 @@ mod tests {
                     matches!(&got, Err(EmbedError::Input(m)) if m.contains("non-finite")),
                     "{what}: {got:?}"
                 ),
-                _ => assert!(matches!(got, Err(EmbedError::Model(_))), "{what}: {got:?}"),
+                _ => assert!(
+                    matches!(&got, Err(EmbedError::Input(m)) if m.contains("longer") || m.contains("at most")),
+                    "{what}: {got:?}"
+                ),
             }
         }
-        // The good ones shared passes: the failed pass and its retries are all there is.
+        // Only good windows reached the model, in shared passes.
         let batches = metrics.batch_size.with_label_values(&["audio"]);
+        assert_eq!(batches.get_sample_sum(), 4.0);
         assert!(
             batches.get_sample_count() <= 4,
             "{}",
             batches.get_sample_count()
+        );
+        // Features of another size are answered alone, before the pass.
+        let err = embedder.embed_features(vec![0.0; 100]).await.unwrap_err();
+        assert!(
+            matches!(&err, EmbedError::Input(m) if m.contains("feature values")),
+            "{err}"
         );
     }
 
@@ -468,7 +515,7 @@ mod tests {
         for i in 0..6 {
             let (reply, rx) = oneshot::channel();
             jobs.push(Job {
-                input: window(i),
+                input: model.window_features(&window(i)).unwrap(),
                 reply,
             });
             // Every other caller has gone away (its receiver is dropped).
@@ -476,10 +523,11 @@ mod tests {
                 waiting.push(rx);
             }
         }
+        let check = check_features(model.features_len());
         batcher
-            .run_batch("audio", jobs, check_window, move |inputs| {
-                let windows: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
-                model.embed_windows(&windows)
+            .run_batch("audio", jobs, check, move |inputs| {
+                let features: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+                model.embed_features(&features)
             })
             .await;
         for rx in waiting {
@@ -494,13 +542,49 @@ mod tests {
         assert_eq!(metrics.embed_skipped.with_label_values(&["audio"]).get(), 3);
     }
 
-    /// A model error reaches the caller; the batcher lives on.
+    /// A failed pass is split in halves: a batch the device cannot hold goes
+    /// through in smaller passes, and only an input that fails alone fails.
+    #[test]
+    fn failed_passes_split_until_they_fit() {
+        let passes = std::sync::Mutex::new(Vec::new());
+        let forward = |inputs: &[u32]| -> clap_model::Result<Vec<Vec<f32>>> {
+            passes.lock().unwrap().push(inputs.len());
+            if inputs.len() > 3 {
+                return Err(clap_model::ClapError::Device(
+                    "CUDA_ERROR_OUT_OF_MEMORY".into(),
+                ));
+            }
+            if inputs.contains(&7) {
+                return Err(clap_model::ClapError::Device("input 7 is bad".into()));
+            }
+            Ok(inputs.iter().map(|&i| vec![i as f32]).collect())
+        };
+        let inputs: Vec<u32> = (0..12).collect();
+        let out = forward_isolated(&forward, &inputs);
+        for (i, r) in out.iter().enumerate() {
+            match (i, r) {
+                (7, Err(EmbedError::Model(m))) => assert!(m.contains("input 7"), "{m}"),
+                (7, other) => panic!("input 7: {other:?}"),
+                (i, Ok(v)) => assert_eq!(v, &vec![i as f32]),
+                (i, Err(e)) => panic!("input {i} failed: {e}"),
+            }
+        }
+        // 12 → 6 + 6 → four passes of 3, then 6..9 (holding 7) split to 1 + 2, then 1 + 1.
+        let passes = passes.into_inner().unwrap();
+        assert!(
+            passes.iter().filter(|&&n| n == 3).count() >= 3,
+            "{passes:?}"
+        );
+        assert!(passes.len() <= 12, "{passes:?}");
+    }
+
+    /// An error reaches the caller; the batcher lives on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn errors_reach_callers() {
         let (embedder, _task) = Embedder::start(tiny(4), BatcherConfig::default(), Metrics::new());
         // Longer than one model window: the front end refuses it.
         let err = embedder.embed_window(vec![0.1; 480_001]).await.unwrap_err();
-        assert!(matches!(err, EmbedError::Model(_)), "{err}");
+        assert!(matches!(err, EmbedError::Input(_)), "{err}");
         assert!(embedder.embed_window(window(1)).await.is_ok());
     }
 }

@@ -586,12 +586,19 @@ where
         return Err(StreamError::LeaseLost);
     }
 
-    // The decoder thread stays at most a couple of windows ahead.
-    let (tx, mut rx) = mpsc::channel::<Result<Window, AudioError>>(2);
+    // The decoder thread stays at most a couple of windows ahead. It computes each
+    // window's features too: the front end then runs beside the forward pass.
+    let (tx, mut rx) = mpsc::channel::<Result<PreparedWindow, AudioError>>(2);
     let container = traum_audio::Container::from_name(&info.container);
+    let front_end = embedder.clone();
     let decoder = tokio::task::spawn_blocking(move || {
         let mut stream = stream;
         for item in stream.by_ref() {
+            let item = item.map(|w: Window| PreparedWindow {
+                start_sample: w.start_sample,
+                len: w.samples.len(),
+                features: front_end.window_features(&w.samples),
+            });
             if tx.blocking_send(item).is_err() {
                 break; // cancelled
             }
@@ -641,17 +648,20 @@ where
             item = rx.recv(), if !decoded_all && in_flight.len() < in_flight_max => {
                 match item {
                     Some(Ok(window)) => {
-                        let end = window.start_sample + window.samples.len() as u64;
+                        let end = window.start_sample + window.len as u64;
                         if let (Some(limit_s), Some(max)) = (limits.max_seconds, max_samples) {
                             if end > max {
                                 break Err(StreamError::TooLong { limit_s });
                             }
                         }
+                        let features = match window.features {
+                            Ok(f) => f,
+                            Err(e) => break Err(StreamError::Embed(e)),
+                        };
                         let embedder = embedder.clone();
-                        let start_sample = window.start_sample;
-                        let len = window.samples.len();
+                        let (start_sample, len) = (window.start_sample, window.len);
                         in_flight.push_back(async move {
-                            let v = embedder.embed_window(window.samples).await;
+                            let v = embedder.embed_features(features).await;
                             (start_sample, len, v)
                         });
                     }
@@ -687,6 +697,14 @@ where
             container,
         })
     })
+}
+
+/// A decoded window as the decoder thread hands it on: where it is, and its features
+/// (or why they could not be made).
+struct PreparedWindow {
+    start_sample: u64,
+    len: usize,
+    features: Result<Vec<f32>, EmbedError>,
 }
 
 /// Every window of a file no worker holds (a search clip, or a reindex), embedded with
