@@ -296,6 +296,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--min-time", type=float, default=5.0, help="seconds of timed calls per measurement")
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of all implementations; medians are printed")
     ap.add_argument("--skip", default="", help="comma list of implementations to leave out: torch,ort,traum")
     ap.add_argument("--traum-bin", default=None,
                     help="a built side_by_side bench binary, instead of `cargo bench --bench side_by_side`")
@@ -326,34 +327,48 @@ def main() -> int:
     if args.device.startswith("cuda"):
         skip.add("ort")
 
-    results = {}
-    print(f"transformers (PyTorch eager, f32, {args.device})", flush=True)
-    results["transformers"] = run_torch(model, inputs, batches, args.min_time, device=args.device)
-    ref = {"audio": results["transformers"][("audio", 1)]["embs"], "text": results["transformers"][("text", 1)]["embs"]}
-    for name in filter(None, args.torch_dtypes.split(",")):
-        if name == "float32":
-            continue
-        dt = {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-        print(f"transformers (PyTorch eager, {name}, {args.device})", flush=True)
-        half = ClapModel.from_pretrained(str(model_dir)).eval().to(device=args.device, dtype=dt)
-        results[f"transformers {name}"] = run_torch(half, inputs, batches, args.min_time,
-                                                    name=f"transformers {name}", device=args.device, dtype=dt)
-        del half
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    halves = {}
+    for name in filter(None, args.torch_dtypes.split(",")):
+        if name != "float32":
+            dt = {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+            halves[name] = (dt, ClapModel.from_pretrained(str(model_dir)).eval().to(device=args.device, dtype=dt))
     if "ort" not in skip:
         import onnxruntime as ort
 
         versions["onnxruntime"] = ort.__version__
         paths = export_onnx(model, work, inputs)
-        print("ONNX Runtime (CPU, f32)", flush=True)
-        results["onnxruntime"] = run_ort(paths, inputs, batches, args.min_time, args.threads)
-    del model
-    if "traum" not in skip:
-        for i, dt in enumerate(filter(None, args.traum_dtypes.split(","))):
-            name = "traum" if i == 0 else f"traum {dt}"
-            print(f"{name} (clap-model, candle, {dt}, {args.device})", flush=True)
-            results[name] = run_traum(work, model_dir, batches, args.min_time, args.threads, args.traum_bin,
-                                      device=args.device, dtype=dt)
+
+    # Rounds: every implementation once per round, in turn, so that a slow spell of a shared
+    # machine lands on all of them; each figure is the median over the rounds.
+    rounds = []
+    for r in range(args.rounds):
+        print(f"round {r + 1} of {args.rounds}", flush=True)
+        results = {}
+        print(f"transformers (PyTorch eager, f32, {args.device})", flush=True)
+        results["transformers"] = run_torch(model, inputs, batches, args.min_time, device=args.device)
+        for name, (dt, half) in halves.items():
+            print(f"transformers (PyTorch eager, {name}, {args.device})", flush=True)
+            results[f"transformers {name}"] = run_torch(half, inputs, batches, args.min_time,
+                                                        name=f"transformers {name}", device=args.device, dtype=dt)
+        if "ort" not in skip:
+            print("ONNX Runtime (CPU, f32)", flush=True)
+            results["onnxruntime"] = run_ort(paths, inputs, batches, args.min_time, args.threads)
+        if "traum" not in skip:
+            for i, dt in enumerate(filter(None, args.traum_dtypes.split(","))):
+                name = "traum" if i == 0 else f"traum {dt}"
+                print(f"{name} (clap-model, candle, {dt}, {args.device})", flush=True)
+                results[name] = run_traum(work, model_dir, batches, args.min_time, args.threads, args.traum_bin,
+                                          device=args.device, dtype=dt)
+        rounds.append(results)
+    del model, halves
+    results = rounds[0]
+    for name, res in results.items():
+        for key, cell in res.items():
+            if isinstance(cell, dict):
+                cell["s_per_batch"] = float(np.median([rd[name][key]["s_per_batch"] for rd in rounds]))
+                cell["rounds"] = [rd[name][key]["s_per_batch"] for rd in rounds]
+    ref = {"audio": results["transformers"][("audio", 1)]["embs"], "text": results["transformers"][("text", 1)]["embs"]}
     if "torch" in skip:
         del results["transformers"]
     load_after = os.getloadavg()
@@ -367,7 +382,8 @@ def main() -> int:
         peak, peak_how = peak_gflops(args.threads, args.ghz, args.flop_per_cycle)
     cols = [(w, b) for w in ("audio", "text") for b in batches]
     print()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads for each implementation; "
+    print(f"medians of {args.rounds} rounds; machine: {cpu_name()}, {os.cpu_count()} CPUs, "
+          f"{args.threads} threads for each implementation; "
           f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f", Python {platform.python_version()}")
     print()
