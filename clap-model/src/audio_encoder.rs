@@ -10,7 +10,7 @@
 //! `roll` + `permute`, and the bicubic time resize is a precomputed sparse
 //! matrix applied as a matmul. Both are exact rearrangements of the same sums.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
@@ -200,29 +200,13 @@ impl WindowAttention {
     }
 }
 
-/// q, k and v projections as one `(3·out, in)` linear layer.
-pub(crate) fn fused_qkv(vb: &VarBuilder, dim_in: usize, dim: usize, bias: bool) -> Result<Linear> {
-    let get = |name: &str| vb.pp(name).get((dim, dim_in), "weight");
-    let weight = Tensor::cat(&[get("query")?, get("key")?, get("value")?], 0)?;
-    let bias = if bias {
-        let get = |name: &str| vb.pp(name).get(dim, "bias");
-        Some(Tensor::cat(
-            &[get("query")?, get("key")?, get("value")?],
-            0,
-        )?)
-    } else {
-        None
-    };
-    Ok(Linear::new(weight, bias))
-}
-
 /// The gather from token order to (shifted) window order and its inverse, as
 /// tensors for candle's `index_select` and as indices for the fused kernels.
 struct WindowOrder {
     order_t: Tensor,
     inverse_t: Tensor,
-    order: Vec<u32>,
-    inverse: Vec<u32>,
+    order: Arc<[u32]>,
+    inverse: Arc<[u32]>,
 }
 
 /// One Swin block (`ClapAudioLayer`) at a fixed resolution.
@@ -300,7 +284,7 @@ impl SwinBlock {
         debug_assert_eq!(bias.dim(1)?, n_windows_bias);
 
         let attention = WindowAttention {
-            qkv: fused_qkv(&att.pp("self"), dim, dim, cfg.qkv_bias)?,
+            qkv: kernels::fused_qkv(&att.pp("self"), dim, dim, cfg.qkv_bias)?,
             output: linear(dim, dim, att.pp("output").pp("dense"))?,
             num_heads,
             head_dim,
@@ -317,8 +301,8 @@ impl SwinBlock {
             Some(WindowOrder {
                 order_t: Tensor::from_vec(order.clone(), len, &device)?,
                 inverse_t: Tensor::from_vec(inverse.clone(), len, &device)?,
-                order,
-                inverse,
+                order: order.into(),
+                inverse: inverse.into(),
             })
         } else {
             None

@@ -23,10 +23,11 @@
 //! they vectorise.
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use candle_core::{
-    bail, CpuStorage, CustomOp2, DType, InplaceOp2, InplaceOp3, Layout, Module, Result, Shape,
-    Tensor,
+    bail, CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp2, InplaceOp3, Layout, Module, Result,
+    Shape, Tensor,
 };
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 use rayon::prelude::*;
@@ -84,6 +85,24 @@ pub(crate) fn softmax_f32(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// q, k and v projections (`{query,key,value}` under `vb`) as one
+/// `(3·dim, dim_in)` linear layer: one matmul reads the tokens once.
+pub(crate) fn fused_qkv(vb: &VarBuilder, dim_in: usize, dim: usize, bias: bool) -> Result<Linear> {
+    let cat = |shape: &[usize], name: &str| -> Result<Tensor> {
+        let parts = ["query", "key", "value"]
+            .iter()
+            .map(|p| vb.pp(p).get(shape, name))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)
+    };
+    let bias = if bias {
+        Some(cat(&[dim], "bias")?)
+    } else {
+        None
+    };
+    Ok(Linear::new(cat(&[dim, dim_in], "weight")?, bias))
+}
+
 /// What follows the matmul of a [`linear`] layer.
 #[derive(Clone, Copy)]
 pub(crate) enum Epilogue<'a> {
@@ -106,20 +125,22 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.matmul(b)
 }
 
+/// `x` `(…, in)` as `(rows, in)`, and the shape `(…, out)` of `x·Wᵀ`.
+fn as_rows(x: &Tensor, w: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    let mut out_dims = x.dims().to_vec();
+    *out_dims.last_mut().expect("x has a last axis") = w.dim(0)?;
+    let rows = x.contiguous()?.reshape((x.elem_count() / k.max(1), k))?;
+    Ok((rows, out_dims))
+}
+
 /// candle's `Linear::forward` through [`matmul`].
 fn linear_generic(layer: &Linear, x: &Tensor) -> Result<Tensor> {
     if x.dtype() != DType::BF16 || !x.device().is_cpu() {
         return layer.forward(x);
     }
-    let w = layer.weight();
-    let dims = x.dims();
-    let k = *dims.last().unwrap_or(&0);
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("x has a last axis") = w.dim(0)?;
-    let y = matmul(
-        &x.contiguous()?.reshape((x.elem_count() / k.max(1), k))?,
-        &w.t()?,
-    )?;
+    let (x2, out_dims) = as_rows(x, layer.weight())?;
+    let y = matmul(&x2, &layer.weight().t()?)?;
     let y = match layer.bias() {
         Some(b) => y.broadcast_add(b)?,
         None => y,
@@ -139,13 +160,8 @@ pub(crate) fn linear(layer: &Linear, x: &Tensor, epilogue: Epilogue) -> Result<T
     }
     let w = layer.weight();
     let bias = layer.bias().expect("checked above");
-    let dims = x.dims();
-    let k = *dims.last().unwrap_or(&0);
-    let rows = x.elem_count() / k.max(1);
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("x has a last axis") = w.dim(0)?;
-    let x2 = x.contiguous()?.reshape((rows, k))?;
-    let y = if rows <= skinny::MAX_ROWS && skinny::available() {
+    let (x2, out_dims) = as_rows(x, w)?;
+    let y = if x2.dim(0)? <= skinny::MAX_ROWS && skinny::available() {
         x2.apply_op2_no_bwd(&w.contiguous()?, &skinny::SkinnyMatmul)?
     } else {
         // One (rows, in) × (in, out) gemm: candle reads Wᵀ through its strides.
@@ -242,16 +258,13 @@ impl InplaceOp3 for BiasResidual {
 }
 
 /// How the additive attention bias is laid out.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum AttentionBias {
     /// `(n_bias, heads, N, N)`: sequence `s` takes bias `s % n_bias`
     /// (Swin windows, batch-major; `n_bias` 1 for unshifted blocks).
     PerWindow { n_bias: usize },
     /// `(B, N)`: one value per key of each sequence (a padding mask).
     PerKey,
-    /// No bias: `qkv` is `(1, T, 3C)`, sequences of these lengths packed
-    /// one after another (padding removed), each attending to itself.
-    Packed(std::sync::Arc<[usize]>),
 }
 
 /// Multi-head self-attention over `qkv`: `(S, N, 3C)` holding q, k, v of
@@ -303,21 +316,14 @@ impl CustomOp2 for AttentionOp {
         }
         let c = c3 / 3;
         let d = c / heads;
-        let bias_len = match &self.layout {
+        let bias_len = match self.layout {
             AttentionBias::PerWindow { n_bias } => {
-                let n_bias = *n_bias;
                 if n_bias == 0 || !s.is_multiple_of(n_bias) {
                     bail!("{}: {s} windows, {n_bias} biases", self.name());
                 }
                 n_bias * heads * n * n
             }
             AttentionBias::PerKey => s * n,
-            AttentionBias::Packed(lens) => {
-                if s != 1 || lens.iter().sum::<usize>() != n || lens.contains(&0) {
-                    bail!("{}: {s}×{n} tokens, sequences {lens:?}", self.name());
-                }
-                return Ok(packed_attention(qkv, lens, heads, c, self.scale));
-            }
         };
         if bias.len() != bias_len {
             bail!(
@@ -330,7 +336,7 @@ impl CustomOp2 for AttentionOp {
         // Every value is written: each head's columns by its second gemm.
         let mut out = uninit_vec(s * n * c);
         let scale = self.scale;
-        let layout = &self.layout;
+        let layout = self.layout;
         out.par_chunks_mut(n * c).enumerate().for_each_init(
             || vec![0f32; n * n],
             |scores, (seq, o)| {
@@ -338,7 +344,7 @@ impl CustomOp2 for AttentionOp {
                 for h in 0..heads {
                     match layout {
                         AttentionBias::PerWindow { n_bias } => {
-                            let at = ((seq % *n_bias) * heads + h) * n * n;
+                            let at = ((seq % n_bias) * heads + h) * n * n;
                             scores.copy_from_slice(&bias[at..at + n * n]);
                         }
                         AttentionBias::PerKey => {
@@ -347,7 +353,6 @@ impl CustomOp2 for AttentionOp {
                                 row.copy_from_slice(keys);
                             }
                         }
-                        AttentionBias::Packed(_) => unreachable!("handled above"),
                     }
                     head_attention(x, o, scores, n, c, d, h, scale);
                 }
@@ -357,37 +362,65 @@ impl CustomOp2 for AttentionOp {
     }
 }
 
-/// Attention of the sequences packed in `qkv` (`T` rows of 3C, lengths
-/// `lens`), one task per sequence: `(1, T, C)`.
-fn packed_attention(
-    qkv: &[f32],
-    lens: &[usize],
+/// Self-attention of sequences packed one after another with their padding
+/// removed: `qkv` is `(1, T, 3C)` holding sequences of `lens` tokens, each
+/// attending to itself (no bias). Returns `(1, T, C)`.
+pub(crate) fn packed_attention(
+    qkv: &Tensor,
+    lens: &Arc<[usize]>,
     heads: usize,
-    c: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    qkv.contiguous()?.apply_op1_no_bwd(&PackedAttentionOp {
+        lens: lens.clone(),
+        heads,
+        scale: scale as f32,
+    })
+}
+
+struct PackedAttentionOp {
+    lens: Arc<[usize]>,
+    heads: usize,
     scale: f32,
-) -> (CpuStorage, Shape) {
-    let t: usize = lens.iter().sum();
-    let d = c / heads;
-    let c3 = 3 * c;
-    let mut out = uninit_vec(t * c);
-    // Split the output at the sequences' boundaries.
-    let mut parts = Vec::with_capacity(lens.len());
-    let (mut rest, mut start) = (out.as_mut_slice(), 0);
-    for &len in lens {
-        let (part, tail) = rest.split_at_mut(len * c);
-        parts.push((start, len, part));
-        rest = tail;
-        start += len;
+}
+
+impl CustomOp1 for PackedAttentionOp {
+    fn name(&self) -> &'static str {
+        "clap-packed-attention"
     }
-    parts.into_par_iter().for_each(|(start, n, o)| {
-        let x = &qkv[start * c3..(start + n) * c3];
-        let mut scores = vec![0f32; n * n];
-        for h in 0..heads {
-            scores.fill(0.0); // no bias
-            head_attention(x, o, &mut scores, n, c, d, h, scale);
+
+    fn cpu_fwd(&self, qkv: &CpuStorage, ql: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (s, t, c3) = ql.shape().dims3()?;
+        let (lens, heads) = (&self.lens, self.heads);
+        if s != 1 || lens.iter().sum::<usize>() != t || lens.contains(&0) {
+            bail!("{}: {s}×{t} tokens, sequences {lens:?}", self.name());
         }
-    });
-    (CpuStorage::F32(out), (1, t, c).into())
+        if !c3.is_multiple_of(3 * heads) {
+            bail!("{}: width {c3} is not 3 × {heads} heads", self.name());
+        }
+        let qkv = slice(qkv, ql, self.name())?;
+        let c = c3 / 3;
+        let d = c / heads;
+        let mut out = uninit_vec(t * c);
+        // Split the output at the sequences' boundaries: one task each.
+        let mut parts = Vec::with_capacity(lens.len());
+        let (mut rest, mut start) = (out.as_mut_slice(), 0);
+        for &len in lens.iter() {
+            let (part, tail) = rest.split_at_mut(len * c);
+            parts.push((start, len, part));
+            rest = tail;
+            start += len;
+        }
+        parts.into_par_iter().for_each(|(start, n, o)| {
+            let x = &qkv[start * c3..(start + n) * c3];
+            let mut scores = vec![0f32; n * n];
+            for h in 0..heads {
+                scores.fill(0.0); // no bias
+                head_attention(x, o, &mut scores, n, c, d, h, self.scale);
+            }
+        });
+        Ok((CpuStorage::F32(out), (1, t, c).into()))
+    }
 }
 
 /// One head of one sequence: `scores` holds the bias on entry; `o[:, h]`
@@ -461,55 +494,38 @@ fn head_attention(
     }
 }
 
-/// `x[b, order[p], :]` for every `p`: `(B, L, C)` → `(B, order.len(), C)`.
-pub(crate) fn gather_rows(x: &Tensor, order: &[u32]) -> Result<Tensor> {
-    x.contiguous()?.apply_op2_no_bwd(
-        &x.contiguous()?,
-        &GatherOp {
-            order: order.to_vec(),
-            add: false,
-        },
-    )
+/// `x[b, order[p], :]` for every `p`: `(B, L, C)` → `(B, L, C)`.
+pub(crate) fn gather_rows(x: &Tensor, order: &Arc<[u32]>) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&GatherOp {
+        order: order.clone(),
+    })
 }
 
 /// `x + h[b, inverse[t], :]`: the reverse of [`gather_rows`] with the residual.
-pub(crate) fn add_gathered_rows(x: &Tensor, h: &Tensor, inverse: &[u32]) -> Result<Tensor> {
+pub(crate) fn add_gathered_rows(x: &Tensor, h: &Tensor, inverse: &Arc<[u32]>) -> Result<Tensor> {
     x.contiguous()?.apply_op2_no_bwd(
         &h.contiguous()?,
         &GatherOp {
-            order: inverse.to_vec(),
-            add: true,
+            order: inverse.clone(),
         },
     )
 }
 
-/// `out[b, t] = (add ? a[b, t] : 0) + src[b, order[t]]` with `a`, `src`: `(B, L, C)`.
+/// Row gathers along the middle axis of `(B, L, C)`: as a unary op
+/// `out[b, t] = src[b, order[t]]`; as a binary op, `a[b, t] + src[b, order[t]]`.
 struct GatherOp {
-    order: Vec<u32>,
-    add: bool,
+    order: Arc<[u32]>,
 }
 
-impl CustomOp2 for GatherOp {
-    fn name(&self) -> &'static str {
-        "clap-gather-rows"
-    }
-
-    fn cpu_fwd(
-        &self,
-        a: &CpuStorage,
-        al: &Layout,
-        src: &CpuStorage,
-        sl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, l, c) = sl.shape().dims3()?;
-        if al.shape() != sl.shape() || self.order.len() != l {
-            bail!("{}: shapes do not match", self.name());
-        }
-        let a = slice(a, al, self.name())?;
-        let src = slice(src, sl, self.name())?;
+impl GatherOp {
+    fn run(&self, src: &[f32], shape: &Shape, add: Option<&[f32]>) -> Result<(CpuStorage, Shape)> {
+        let (b, l, c) = shape.dims3()?;
         let order = &self.order;
-        if order.iter().any(|&o| o as usize >= l) {
-            bail!("{}: index out of range", self.name());
+        if order.len() != l || order.iter().any(|&o| o as usize >= l) {
+            bail!(
+                "clap-gather-rows: {} indices for {l} rows, or one out of range",
+                order.len()
+            );
         }
         let mut out = uninit_vec(b * l * c);
         let chunk = rows_per_task(c);
@@ -521,13 +537,43 @@ impl CustomOp2 for GatherOp {
                     let (bi, t) = (r / l, r % l);
                     let from = (bi * l + order[t] as usize) * c;
                     row.copy_from_slice(&src[from..from + c]);
-                    if self.add {
+                    if let Some(a) = add {
                         let at = (bi * l + t) * c;
                         simd::add(row, &a[at..at + c]);
                     }
                 }
             });
-        Ok((CpuStorage::F32(out), (b, l, c).into()))
+        Ok((CpuStorage::F32(out), shape.clone()))
+    }
+}
+
+impl CustomOp1 for GatherOp {
+    fn name(&self) -> &'static str {
+        "clap-gather-rows"
+    }
+
+    fn cpu_fwd(&self, src: &CpuStorage, sl: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(slice(src, sl, CustomOp1::name(self))?, sl.shape(), None)
+    }
+}
+
+impl CustomOp2 for GatherOp {
+    fn name(&self) -> &'static str {
+        "clap-add-gathered-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        al: &Layout,
+        src: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if al.shape() != sl.shape() {
+            bail!("{}: shapes do not match", CustomOp2::name(self));
+        }
+        let a = slice(a, al, CustomOp2::name(self))?;
+        self.run(slice(src, sl, CustomOp2::name(self))?, sl.shape(), Some(a))
     }
 }
 
@@ -540,8 +586,9 @@ mod skinny {
     use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape};
     use rayon::prelude::*;
 
-    /// Up to this many rows the product is done here (measured: ~2× gemm's
-    /// speed at 10 rows of RoBERTa-base, even at 32).
+    /// Up to this many rows the product is done here. Measured at 11 rows
+    /// (a RoBERTa-base text query): the text tower went from 22.8 to 34.5
+    /// texts/s; the bound of 32 itself is not measured.
     pub const MAX_ROWS: usize = 32;
     /// Weight rows per parallel task.
     const TASK_ROWS: usize = 16;
@@ -606,39 +653,29 @@ mod skinny {
     mod avx2 {
         use std::arch::x86_64::*;
 
-        /// Values of k per tile: a tile of 4 weight rows and of every row
-        /// of x stays in L1 while the tile's dot products run.
-        const K_TILE: usize = 256;
-
         /// `out[r·m + i] = w[r]·x[i]` for the weight rows `w` (whole rows of k).
         #[target_feature(enable = "avx2,fma")]
         pub unsafe fn rows(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
             let n = w.len() / k;
-            out.fill(0.0);
-            let mut p0 = 0;
-            while p0 < k {
-                let p1 = (p0 + K_TILE).min(k);
-                let mut r = 0;
-                while r + 4 <= n {
-                    let mut i = 0;
-                    while i + 3 <= m {
-                        block::<4, 3>(x, i, k, w, r, m, out, p0, p1);
-                        i += 3;
-                    }
-                    match m - i {
-                        2 => block::<4, 2>(x, i, k, w, r, m, out, p0, p1),
-                        1 => block::<4, 1>(x, i, k, w, r, m, out, p0, p1),
-                        _ => {}
-                    }
-                    r += 4;
+            let mut r = 0;
+            while r + 4 <= n {
+                let mut i = 0;
+                while i + 3 <= m {
+                    block::<4, 3>(x, i, k, w, r, m, out);
+                    i += 3;
                 }
-                while r < n {
-                    for i in 0..m {
-                        block::<1, 1>(x, i, k, w, r, m, out, p0, p1);
-                    }
-                    r += 1;
+                match m - i {
+                    2 => block::<4, 2>(x, i, k, w, r, m, out),
+                    1 => block::<4, 1>(x, i, k, w, r, m, out),
+                    _ => {}
                 }
-                p0 = p1;
+                r += 4;
+            }
+            while r < n {
+                for i in 0..m {
+                    block::<1, 1>(x, i, k, w, r, m, out);
+                }
+                r += 1;
             }
         }
 
@@ -655,25 +692,17 @@ mod skinny {
             r: usize,
             m: usize,
             out: &mut [f32],
-            p0: usize,
-            p1: usize,
         ) {
             let xp = x.as_ptr().add(i * k);
             let wp = w.as_ptr().add(r * k);
             let mut acc = [[_mm256_setzero_ps(); C]; R];
-            let mut p = p0;
-            while p + 8 <= p1 {
+            let mut p = 0;
+            while p + 8 <= k {
                 let mut xv = [_mm256_setzero_ps(); C];
                 for (c, v) in xv.iter_mut().enumerate() {
                     *v = _mm256_loadu_ps(xp.add(c * k + p));
                 }
                 for (rr, row) in acc.iter_mut().enumerate() {
-                    if i == 0 && p + K_TILE < k {
-                        // The first rows of x fetch the next tile of these
-                        // weight rows: four streams the hardware prefetcher
-                        // would lose at every tile boundary.
-                        _mm_prefetch::<_MM_HINT_T0>(wp.add(rr * k + p + K_TILE) as *const i8);
-                    }
                     let wv = _mm256_loadu_ps(wp.add(rr * k + p));
                     for (a, v) in row.iter_mut().zip(&xv) {
                         *a = _mm256_fmadd_ps(wv, *v, *a);
@@ -688,10 +717,10 @@ mod skinny {
                     let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
                     let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
                     let mut sum = _mm_cvtss_f32(q);
-                    for t in p..p1 {
+                    for t in p..k {
                         sum += *wp.add(rr * k + t) * *xp.add(c * k + t);
                     }
-                    out[(r + rr) * m + i + c] += sum;
+                    out[(r + rr) * m + i + c] = sum;
                 }
             }
         }
@@ -744,12 +773,15 @@ pub(crate) mod simd {
         0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
     }
 
+    /// `tanh(z) = 1 − 2 / (e^{2z} + 1)`.
+    #[inline(always)]
+    fn tanh(z: f32) -> f32 {
+        1.0 - 2.0 / (exp(2.0 * z) + 1.0)
+    }
+
     #[inline(always)]
     fn gelu_tanh(x: f32) -> f32 {
-        // tanh(z) = 1 − 2 / (e^{2z} + 1)
-        let z = 0.797_884_6 * (x + 0.044_715 * x * x * x);
-        let tanh = 1.0 - 2.0 / (exp(2.0 * z) + 1.0);
-        0.5 * x * (1.0 + tanh)
+        0.5 * x * (1.0 + tanh(0.797_884_6 * (x + 0.044_715 * x * x * x)))
     }
 
     #[inline(always)]
@@ -759,7 +791,7 @@ pub(crate) mod simd {
             Some(Activation::Gelu) => gelu_erf(x),
             Some(Activation::GeluNew) => gelu_tanh(x),
             Some(Activation::Relu) => x.max(0.0),
-            Some(Activation::Tanh) => 1.0 - 2.0 / (exp(2.0 * x) + 1.0),
+            Some(Activation::Tanh) => tanh(x),
             Some(Activation::Silu) => x / (1.0 + exp(-x)),
         }
     }
@@ -1039,14 +1071,7 @@ mod tests {
             .collect();
         let t: usize = lens.iter().sum();
         let packed = Tensor::from_vec(real, (1, t, 3 * c), &Device::Cpu).unwrap();
-        let got_packed = attention(
-            &packed,
-            &packed,
-            heads,
-            0.125,
-            AttentionBias::Packed(lens.clone().into()),
-        )
-        .unwrap();
+        let got_packed = packed_attention(&packed, &lens.clone().into(), heads, 0.125).unwrap();
         let mut at = 0;
         for (i, &n) in lens.iter().enumerate() {
             let p = got_packed.narrow(1, at, n).unwrap().squeeze(0).unwrap();
@@ -1077,15 +1102,16 @@ mod tests {
             inverse[q as usize] = p as u32;
         }
         let idx = |v: &[u32]| Tensor::from_vec(v.to_vec(), l, &Device::Cpu).unwrap();
-        let got = gather_rows(&x, &order).unwrap();
+        let got = gather_rows(&x, &order.clone().into()).unwrap();
         assert_eq!(
             max_abs_diff(&got, &x.index_select(&idx(&order), 1).unwrap()),
             0.0
         );
-        let got = add_gathered_rows(&x, &h, &inverse).unwrap();
+        let got = add_gathered_rows(&x, &h, &inverse.clone().into()).unwrap();
         let want = (&x + h.index_select(&idx(&inverse), 1).unwrap()).unwrap();
         assert_eq!(max_abs_diff(&got, &want), 0.0);
-        assert!(gather_rows(&x, &[0, 1, 99]).is_err());
+        let bad: Arc<[u32]> = vec![0, 1, 99].into();
+        assert!(gather_rows(&x, &bad).is_err());
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! Weight names follow the HF `model.safetensors` under `text_model.`.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 
-use crate::audio_encoder::fused_qkv;
 use crate::config::{Activation, ClapTextConfig};
 use crate::kernels::{self, layer_norm_f32, AttentionBias, Epilogue, LayerNormF32};
 
@@ -32,38 +33,28 @@ enum Keys {
     Mask(Tensor),
     /// `x` is `(1, T, H)`: the real tokens of sequences of these lengths,
     /// packed (fused kernels only).
-    Packed(std::sync::Arc<[usize]>),
+    Packed(Arc<[usize]>),
 }
 
 impl SelfAttention {
     fn forward(&self, x: &Tensor, keys: &Keys) -> Result<Tensor> {
-        let (b, l, h) = x.dims3()?;
         let qkv = kernels::linear(&self.qkv, x, Epilogue::Act(None))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mask = match keys {
-            Keys::Packed(lens) => {
-                let ctx = kernels::attention(
-                    &qkv,
-                    &qkv,
-                    self.num_heads,
-                    scale,
-                    AttentionBias::Packed(lens.clone()),
-                )?;
-                let y = kernels::linear(&self.output, &ctx, Epilogue::Residual(x))?;
-                return self.norm.forward(&y);
-            }
-            Keys::Mask(mask) => mask,
+        let ctx = match keys {
+            Keys::Packed(lens) => kernels::packed_attention(&qkv, lens, self.num_heads, scale)?,
+            Keys::Mask(mask) => self.masked_attention(&qkv, mask, scale)?,
         };
-        if kernels::fused(&qkv) {
-            let ctx = kernels::attention(
-                &qkv,
-                &mask.reshape((b, l))?,
-                self.num_heads,
-                scale,
-                AttentionBias::PerKey,
-            )?;
-            let y = kernels::linear(&self.output, &ctx, Epilogue::Residual(x))?;
-            return self.norm.forward(&y);
+        self.norm
+            .forward(&kernels::linear(&self.output, &ctx, Epilogue::Residual(x))?)
+    }
+
+    /// `qkv`: `(B, L, 3H)`, `mask`: additive `(B, 1, 1, L)`. Returns `(B, L, H)`.
+    fn masked_attention(&self, qkv: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+        let (b, l, h3) = qkv.dims3()?;
+        let h = h3 / 3;
+        if kernels::fused(qkv) {
+            let mask = mask.reshape((b, l))?;
+            return kernels::attention(qkv, &mask, self.num_heads, scale, AttentionBias::PerKey);
         }
         let heads = |i: usize| -> Result<Tensor> {
             qkv.narrow(2, i * h, h)?
@@ -75,11 +66,9 @@ impl SelfAttention {
         let scores = (kernels::matmul(&q, &k.t()?)? * scale)?.broadcast_add(mask)?;
         // Softmax in f32 as the reference's eager path does, whatever the dtype.
         let probs = kernels::softmax_f32(&scores)?;
-        let ctx = kernels::matmul(&probs, &v)?
+        kernels::matmul(&probs, &v)?
             .transpose(1, 2)?
-            .reshape((b, l, h))?;
-        self.norm
-            .forward(&kernels::linear(&self.output, &ctx, Epilogue::Residual(x))?)
+            .reshape((b, l, h))
     }
 }
 
@@ -96,7 +85,7 @@ impl Layer {
         let h = cfg.hidden_size;
         let att = vb.pp("attention");
         let attention = SelfAttention {
-            qkv: fused_qkv(&att.pp("self"), h, h, true)?,
+            qkv: kernels::fused_qkv(&att.pp("self"), h, h, true)?,
             output: linear(h, h, att.pp("output").pp("dense"))?,
             norm: layer_norm_f32(h, cfg.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
             num_heads: cfg.num_attention_heads,
