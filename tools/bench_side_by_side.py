@@ -7,6 +7,9 @@ of eight captions, then times, one after the other on the same threads:
   - transformers `ClapModel` (PyTorch eager, f32): get_audio_features / get_text_features;
   - ONNX Runtime (CPU execution provider, f32): both towers exported from that model;
   - traum: `cargo bench --bench side_by_side` (clap-model/benches/side_by_side.rs) on the same files;
+  - clap.cpp (optional, --clap-cpp-bin): the `clap-cpp` crate through tools/clap-cpp-bench, on the model converted
+    to GGUF here and the clips as WAV files; one item per call (it has no batch API), its audio time including
+    its own decoding and mel front end;
 at batch 1 and 8 (clips/s, texts/s, ms per batch), and each one's cosine against transformers' batch-1 embeddings.
 It prints one table with traum's ratio to each, the audio tower's share of the machine's f32 peak, and the load.
 
@@ -16,6 +19,9 @@ Every implementation gets the mel features, not audio: this is the model alone (
 Usage (Python 3.11; versions pinned in tools/requirements-bench.txt; ~5.5 GB with torch's CUDA wheels):
     python -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install -r tools/requirements-bench.txt
     /tmp/bench-venv/bin/python tools/bench_side_by_side.py --threads 2
+With clap.cpp (needs CMake >= 3.20; builds clap.cpp, ggml and ICU, ~15 min on 2 cores):
+    CFLAGS=-march=native CXXFLAGS=-march=native cargo build --release --manifest-path tools/clap-cpp-bench/Cargo.toml
+    ... tools/bench_side_by_side.py --clap-cpp-bin tools/clap-cpp-bench/target/release/clap-cpp-bench
 The model (~776 MB) and the exported ONNX files are written under --work (default /tmp/traum-side-by-side) and
 reused by later runs with the same seed. Nothing here is needed by `cargo test`.
 """
@@ -269,6 +275,93 @@ def run_traum(work: Path, model_dir: Path, batches, min_time, threads, traum_bin
     return res
 
 
+def write_gguf(path: Path, metadata: dict[str, str], tensors: dict[str, np.ndarray]) -> None:
+    """GGUF v3 with string metadata and f32 tensors (ggml's axis order: the numpy shape reversed)."""
+    import struct
+
+    def string(s: str) -> bytes:
+        b = s.encode("utf-8")
+        return struct.pack("<Q", len(b)) + b
+
+    header = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(metadata)))
+    for key, value in metadata.items():
+        header += string(key) + struct.pack("<I", 8) + string(value)
+    offsets, at = [], 0
+    for name, t in tensors.items():
+        dims = t.shape[::-1]
+        header += string(name) + struct.pack("<I", len(dims)) + struct.pack("<" + "Q" * len(dims), *dims)
+        header += struct.pack("<IQ", 0, at)
+        offsets.append(at)
+        at += t.nbytes + (-t.nbytes % 32)
+    with open(path, "wb") as f:
+        f.write(header + b"\0" * (-len(header) % 32))
+        for t in tensors.values():
+            f.write(np.ascontiguousarray(t, dtype="<f4").tobytes())
+            f.write(b"\0" * (-t.nbytes % 32))
+
+
+def to_gguf(work: Path, model_dir: Path) -> Path:
+    """The model as clap.cpp loads it: HF tensors renamed (audio., text., audio_proj., text_proj.; the relative
+    position table as rel_bias), the full config and tokenizer.json as metadata."""
+    from safetensors.numpy import load_file
+    from transformers import ClapConfig
+
+    path = work / "model.gguf"
+    marker = work / "model.gguf.seed"
+    seed = (model_dir / "traum-bench-seed.txt").read_text()
+    if path.exists() and marker.exists() and marker.read_text() == seed:
+        return path
+    renames = [("audio_model.audio_encoder.", "audio."), ("text_model.", "text."),
+               ("audio_projection.", "audio_proj."), ("text_projection.", "text_proj.")]
+    tensors = {}
+    for name, t in load_file(str(model_dir / "model.safetensors")).items():
+        if name.endswith(("relative_position_index", "position_ids", "token_type_ids")) or "logit_scale" in name:
+            continue
+        for old, new in renames:
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        else:
+            continue
+        tensors[name.replace("relative_position_bias_table", "rel_bias")] = t.astype(np.float32)
+    config = ClapConfig.from_pretrained(str(model_dir)).to_dict()
+    config["model_type"] = "clap"
+    write_gguf(path, {"general.architecture": "clap", "clap.config": json.dumps(config),
+                      "clap.tokenizer": (model_dir / "tokenizer.json").read_text()}, tensors)
+    marker.write_text(seed)
+    return path
+
+
+def write_clips(work: Path) -> list[Path]:
+    """The eight clips as 48 kHz mono float WAV files (clap.cpp takes files)."""
+    import struct
+
+    paths = []
+    for i in range(N_CLIPS):
+        x = np.asarray(mcf.make_signal(mcf.WINDOW, seed=11 + i), dtype="<f4")
+        path = work / f"clip-{i}.wav"
+        data = x.tobytes()
+        fmt = struct.pack("<HHIIHH", 3, 1, mcf.SR, mcf.SR * 4, 4, 32)  # IEEE float, mono
+        path.write_bytes(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" +
+                         b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
+        paths.append(path)
+    return paths
+
+
+def run_clap_cpp(work: Path, model_dir: Path, binary: str, min_time: float, threads: int):
+    gguf = to_gguf(work, model_dir)
+    clips = write_clips(work)
+    captions = work / "captions.json"
+    captions.write_text(json.dumps(CAPTIONS))
+    out = work / "clap-cpp.json"
+    cmd = [binary, str(gguf), str(threads), str(min_time), str(out), str(captions), *map(str, clips)]
+    print("  $ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    report = json.loads(out.read_text())
+    return {(w, 1): dict(s_per_batch=report[w]["s_per_call"], runs=report[w]["runs"],
+                         embs=np.asarray(report[w]["embeddings"], dtype=np.float32)) for w in ("audio", "text")}
+
+
 def peak_gflops(threads: int, ghz: float | None, flop_per_cycle: int) -> tuple[float, str]:
     if ghz is None:
         try:
@@ -298,6 +391,8 @@ def main() -> int:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of all implementations; medians are printed")
     ap.add_argument("--skip", default="", help="comma list of implementations to leave out: torch,ort,traum")
+    ap.add_argument("--clap-cpp-bin", default=None,
+                    help="a built tools/clap-cpp-bench binary: adds clap.cpp (batch 1 only)")
     ap.add_argument("--traum-bin", default=None,
                     help="a built side_by_side bench binary, instead of `cargo bench --bench side_by_side`")
     ap.add_argument("--ghz", type=float, default=None, help="clock for the peak estimate (default: /proc/cpuinfo)")
@@ -354,6 +449,9 @@ def main() -> int:
         if "ort" not in skip:
             print("ONNX Runtime (CPU, f32)", flush=True)
             results["onnxruntime"] = run_ort(paths, inputs, batches, args.min_time, args.threads)
+        if args.clap_cpp_bin and "clap.cpp" not in skip:
+            print("clap.cpp (clap-cpp crate, f32, cpu, one item per call)", flush=True)
+            results["clap.cpp"] = run_clap_cpp(work, model_dir, args.clap_cpp_bin, args.min_time, args.threads)
         if "traum" not in skip:
             for i, dt in enumerate(filter(None, args.traum_dtypes.split(","))):
                 name = "traum" if i == 0 else f"traum {dt}"
@@ -391,15 +489,18 @@ def main() -> int:
            " | " + " | ".join(f"ms {w} b{b}" for w, b in cols) + " | min cos audio | min cos text |"
     print(head)
     print("|---|" + "---:|" * (2 * len(cols) + 2))
+    def cell(res, key, f):
+        return f(res[key]) if key in res else "–"
+
     for name, res in results.items():
-        rates = [b / res[(w, b)]["s_per_batch"] for w, b in cols]
-        ms = [res[(w, b)]["s_per_batch"] * 1e3 for w, b in cols]
-        cos_a = min(min_cosine(res[("audio", b)]["embs"], ref["audio"][:len(res[("audio", b)]["embs"])])
-                    for b in batches)
-        cos_t = min(min_cosine(res[("text", b)]["embs"], ref["text"][:len(res[("text", b)]["embs"])])
-                    for b in batches)
-        print(f"| {name} | " + " | ".join(f"{r:.2f}" for r in rates) + " | " +
-              " | ".join(f"{m:.1f}" for m in ms) + f" | {cos_a:.6f} | {cos_t:.6f} |")
+        rates = [cell(res, (w, b), lambda c, b=b: f"{b / c['s_per_batch']:.2f}") for w, b in cols]
+        ms = [cell(res, (w, b), lambda c: f"{c['s_per_batch'] * 1e3:.1f}") for w, b in cols]
+        cos = []
+        for w in ("audio", "text"):
+            got = [min_cosine(res[(w, b)]["embs"], ref[w][:len(res[(w, b)]["embs"])])
+                   for b in batches if (w, b) in res]
+            cos.append(f"{min(got):.6f}")
+        print(f"| {name} | " + " | ".join(rates) + " | " + " | ".join(ms) + f" | {cos[0]} | {cos[1]} |")
     print()
     for tname, tres in results.items():
         if not tname.startswith("traum"):
@@ -407,8 +508,9 @@ def main() -> int:
         for name, res in results.items():
             if name.startswith("traum"):
                 continue
-            ratios = [res[(w, b)]["s_per_batch"] / tres[(w, b)]["s_per_batch"] for w, b in cols]
-            print(f"{tname} / {name}: " + ", ".join(f"{w} b{b} {r:.2f}x" for (w, b), r in zip(cols, ratios)))
+            ratios = [f"{w} b{b} {res[(w, b)]['s_per_batch'] / tres[(w, b)]['s_per_batch']:.2f}x"
+                      for w, b in cols if (w, b) in res and (w, b) in tres]
+            print(f"{tname} / {name}: " + ", ".join(ratios))
     for name, res in results.items():
         mel = [f"b{b} {b / res[('mel', b)]['s_per_batch']:.0f}" for b in batches if ("mel", b) in res]
         if mel:
@@ -423,7 +525,7 @@ def main() -> int:
     for name, res in results.items():
         shares = [f"b{b} {b / res[('audio', b)]['s_per_batch'] * AUDIO_GFLOP_PER_CLIP:.0f} GFLOP/s "
                   f"({100 * b / res[('audio', b)]['s_per_batch'] * AUDIO_GFLOP_PER_CLIP / peak:.0f} % of peak)"
-                  for b in batches] if peak > 0 else []
+                  for b in batches if ("audio", b) in res] if peak > 0 else []
         print(f"  {name}: " + ", ".join(shares))
     if args.json:
         out = {name: {f"{w}.b{b}": {k: v for k, v in r.items() if k != "embs"} for (w, b), r in res.items()

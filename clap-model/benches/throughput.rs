@@ -71,8 +71,12 @@ fn main() {
             .expect("config"),
     )
     .expect("config parses");
-    let full =
-        ClapModel::new(full_cfg, VarBuilder::zeros(DType::F32, &device)).expect("full-size model");
+    let full = ClapModel::new(
+        full_cfg,
+        VarBuilder::zeros(DType::F32, &device),
+        clap_model::Kernels::Auto,
+    )
+    .expect("full-size model");
 
     let windows: Vec<Vec<f32>> = (0..32).map(window).collect();
     println!("threads: {}", candle_core::utils::get_num_threads());

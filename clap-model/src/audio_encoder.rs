@@ -10,20 +10,21 @@
 //! `roll` + `permute`, and the bicubic time resize is a precomputed sparse
 //! matrix applied as a matmul. Both are exact rearrangements of the same sums.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
+use rayon::prelude::*;
 
 use crate::config::{Activation, ClapAudioConfig};
-use crate::kernels::{self, layer_norm_f32, AttentionBias, Epilogue, LayerNormF32};
+use crate::kernels::attention::{self, ScoreBias, Sequences, SHIFT_MASK_VALUE};
+use crate::kernels::sgemm::{self, Lhs, Residual, RowMap, Scatter};
+use crate::kernels::{self, layer_norm_f32, uninit_vec, Dense, Epilogue, Kernels, LayerNormF32};
 
 /// PyTorch's default `nn.LayerNorm` eps, used by the patch-embed, merge and final norms.
 const TORCH_LAYER_NORM_EPS: f64 = 1e-5;
 /// BatchNorm eps of the mel normalisation.
 const BATCH_NORM_EPS: f64 = 1e-5;
-/// Value the reference adds between tokens of different regions in a shifted window.
-const SHIFT_MASK_VALUE: f32 = -100.0;
 
 /// The mel BatchNorm (eval mode) folded into a per-bin affine map.
 struct MelBatchNorm {
@@ -83,14 +84,14 @@ pub fn bicubic_align_corners_matrix(n_in: usize, n_out: usize) -> Vec<f32> {
 /// once: it is a reshape of the image into patch rows and one matmul with
 /// the kernel as a `(C0, C_in·p·p)` matrix.
 struct PatchEmbed {
-    proj: Linear,
+    proj: Dense,
     patch: usize,
     in_channels: usize,
     norm: Option<LayerNormF32>,
 }
 
 impl PatchEmbed {
-    fn load(cfg: &ClapAudioConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &ClapAudioConfig, packed: bool, vb: VarBuilder) -> Result<Self> {
         let [sh, sw] = cfg.patch_stride.0;
         if sh != sw || sh != cfg.patch_size {
             candle_core::bail!(
@@ -109,7 +110,7 @@ impl PatchEmbed {
         let weight = pvb
             .get((c0, cin, p, p), "weight")?
             .reshape((c0, cin * p * p))?;
-        let proj = Linear::new(weight, Some(pvb.get(c0, "bias")?));
+        let proj = Dense::new(Linear::new(weight, Some(pvb.get(c0, "bias")?)), packed)?;
         let norm = if cfg.enable_patch_layer_norm {
             Some(layer_norm_f32(c0, TORCH_LAYER_NORM_EPS, vb.pp("norm"))?)
         } else {
@@ -123,8 +124,9 @@ impl PatchEmbed {
         })
     }
 
-    /// `(B, C_in, S, S)` → `(B, (S/p)², C0)`, tokens in row-major order.
-    fn forward(&self, img: &Tensor) -> Result<Tensor> {
+    /// `(B, C_in, S, S)` → `(B·(S/p)², C_in·p·p)`: one row per patch, in
+    /// the (C, kh, kw) order of the kernel's weights, tokens row-major.
+    fn patches(&self, img: &Tensor) -> Result<Tensor> {
         let (b, cin, h, w) = img.dims4()?;
         let p = self.patch;
         if cin != self.in_channels || !h.is_multiple_of(p) || !w.is_multiple_of(p) {
@@ -134,18 +136,35 @@ impl PatchEmbed {
             );
         }
         let (gh, gw) = (h / p, w / p);
-        // (B, C, gh, p, gw, p) → (B, gh, gw, C, p, p): one row per patch,
-        // in the (C, kh, kw) order of the kernel's weights.
-        let patches = img
-            .reshape((b, cin, gh, p, gw, p))?
+        img.reshape((b, cin, gh, p, gw, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
-            .reshape((b, gh * gw, cin * p * p))?;
-        let x = kernels::linear(&self.proj, &patches, Epilogue::Act(None))?;
+            .reshape((b, gh * gw, cin * p * p))
+    }
+
+    /// `(B, C_in, S, S)` → `(B, (S/p)², C0)`.
+    fn forward(&self, img: &Tensor) -> Result<Tensor> {
+        let x = self
+            .proj
+            .forward(&self.patches(img)?, Epilogue::Act(None))?;
         match &self.norm {
             Some(norm) => norm.forward(&x),
             None => Ok(x),
         }
+    }
+
+    /// As [`Self::forward`], on the CPU kernels: `(B·(S/p)², C0)` values.
+    fn forward_packed(&self, img: &Tensor) -> Result<Vec<f32>> {
+        let patches = self.patches(img)?;
+        let (b, l, k) = patches.dims3()?;
+        let values = patches.flatten_all()?.to_vec1::<f32>()?;
+        let mut x = self
+            .proj
+            .gemm_new(&Lhs::rows(&values, k), b * l, Default::default())?;
+        if let Some(norm) = &self.norm {
+            norm.apply(&mut x);
+        }
+        Ok(x)
     }
 }
 
@@ -153,32 +172,35 @@ impl PatchEmbed {
 /// `ClapAudioSelfOutput`). q, k and v are one projection (their weights
 /// concatenated at load), so one matmul reads the tokens once.
 struct WindowAttention {
-    qkv: Linear,
-    output: Linear,
+    qkv: Dense,
+    output: Dense,
     num_heads: usize,
     head_dim: usize,
-    /// Relative position bias plus the shift mask: `(1, nW or 1, heads, N, N)`.
-    bias: Tensor,
+    bias: WindowBias,
+}
+
+/// The additive attention bias of a block's windows.
+enum WindowBias {
+    /// candle's path: relative position bias plus the shift mask,
+    /// `(1, nW or 1, heads, N, N)`.
+    Tensor(Tensor),
+    /// The CPU kernels' path: the relative position bias `(heads, N, N)`
+    /// and, for shifted windows, each token's region `(nW, N)`.
+    Table {
+        table: Vec<f32>,
+        labels: Option<Vec<u8>>,
+    },
 }
 
 impl WindowAttention {
-    /// `x`: `(B·nW, N, C)` windows in batch-major order.
+    /// `x`: `(B·nW, N, C)` windows in batch-major order (candle's path).
     fn forward(&self, x: &Tensor, n_windows: usize) -> Result<Tensor> {
         let (bw, n, c) = x.dims3()?;
-        let qkv = kernels::linear(&self.qkv, x, Epilogue::Act(None))?;
+        let WindowBias::Tensor(bias) = &self.bias else {
+            candle_core::bail!("window attention: packed weights on candle's path");
+        };
+        let qkv = self.qkv.forward(x, Epilogue::Act(None))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        if kernels::fused(&qkv) {
-            let ctx = kernels::attention(
-                &qkv,
-                &self.bias,
-                self.num_heads,
-                scale,
-                AttentionBias::PerWindow {
-                    n_bias: self.bias.dim(1)?,
-                },
-            )?;
-            return kernels::linear(&self.output, &ctx, Epilogue::Act(None));
-        }
         let heads = |i: usize| -> Result<Tensor> {
             qkv.narrow(2, i * c, c)?
                 .reshape((bw, n, self.num_heads, self.head_dim))?
@@ -190,23 +212,52 @@ impl WindowAttention {
         let scores = (kernels::matmul(&q, &k.t()?)? * scale)?;
         let scores = scores
             .reshape((bw / n_windows, n_windows, self.num_heads, n, n))?
-            .broadcast_add(&self.bias)?
+            .broadcast_add(bias)?
             .reshape((bw, self.num_heads, n, n))?;
         let probs = kernels::softmax_f32(&scores)?;
         let ctx = kernels::matmul(&probs, &v)?
             .transpose(1, 2)?
             .reshape((bw, n, c))?;
-        kernels::linear(&self.output, &ctx, Epilogue::Act(None))
+        self.output.forward(&ctx, Epilogue::Act(None))
+    }
+
+    /// Attention of `qkv` (rows of 3C for `windows` windows of `n` tokens,
+    /// window-ordered) into rows of C (the CPU kernels' path).
+    fn attend(&self, qkv: &[f32], windows: usize, n: usize, n_windows: usize) -> Result<Vec<f32>> {
+        let WindowBias::Table { table, labels } = &self.bias else {
+            candle_core::bail!("window attention: candle weights on the CPU kernels' path");
+        };
+        let c = self.num_heads * self.head_dim;
+        let mut ctx = uninit_vec(windows * n * c);
+        let nn = n * n;
+        attention::attention(
+            qkv,
+            c,
+            self.num_heads,
+            1.0 / (self.head_dim as f32).sqrt(),
+            Sequences::Uniform {
+                count: windows,
+                len: n,
+            },
+            |s, h| ScoreBias::Table {
+                table: &table[h * nn..(h + 1) * nn],
+                labels: labels.as_deref().map(|l| {
+                    let w = s % n_windows;
+                    &l[w * n..(w + 1) * n]
+                }),
+            },
+            &mut ctx,
+        )?;
+        Ok(ctx)
     }
 }
 
-/// The gather from token order to (shifted) window order and its inverse, as
-/// tensors for candle's `index_select` and as indices for the fused kernels.
-struct WindowOrder {
-    order_t: Tensor,
-    inverse_t: Tensor,
-    order: Arc<[u32]>,
-    inverse: Arc<[u32]>,
+/// The gather from token order to (shifted) window order and its inverse.
+enum WindowOrder {
+    /// As tensors for candle's `index_select`.
+    Tensors { order: Tensor, inverse: Tensor },
+    /// As indices for the CPU kernels (the matmuls read and write through it).
+    Indices(Vec<u32>),
 }
 
 /// One Swin block (`ClapAudioLayer`) at a fixed resolution.
@@ -214,13 +265,16 @@ struct SwinBlock {
     layernorm_before: LayerNormF32,
     attention: WindowAttention,
     layernorm_after: LayerNormF32,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     act: Activation,
     /// Token order → (shifted) window order; and back.
     to_windows: Option<WindowOrder>,
     n_windows: usize,
     window_tokens: usize,
+    /// Tokens of the map (H·W) and their width.
+    tokens: usize,
+    dim: usize,
 }
 
 impl SwinBlock {
@@ -231,6 +285,7 @@ impl SwinBlock {
         (height, width): (usize, usize),
         num_heads: usize,
         shift_requested: usize,
+        packed: bool,
         vb: VarBuilder,
     ) -> Result<Self> {
         let config_window = cfg.window_size;
@@ -269,23 +324,27 @@ impl SwinBlock {
             .reshape((n, n, num_heads))?
             .permute((2, 0, 1))?
             .contiguous()?; // (heads, N, N)
-        let bias = if shift > 0 {
-            let mask = Tensor::from_vec(
-                shift_mask(height, width, window, shift),
-                (n_windows, 1, n, n),
-                &device,
-            )?
-            .to_dtype(rel_bias.dtype())?;
-            rel_bias.unsqueeze(0)?.broadcast_add(&mask)?.unsqueeze(0)? // (1, nW, heads, N, N)
+        let labels = (shift > 0).then(|| shift_labels(height, width, window, shift));
+        let bias = if packed {
+            WindowBias::Table {
+                table: rel_bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+                labels,
+            }
+        } else if let Some(labels) = labels {
+            let mask = Tensor::from_vec(shift_mask(&labels, n), (n_windows, 1, n, n), &device)?
+                .to_dtype(rel_bias.dtype())?;
+            // (1, nW, heads, N, N)
+            WindowBias::Tensor(rel_bias.unsqueeze(0)?.broadcast_add(&mask)?.unsqueeze(0)?)
         } else {
-            rel_bias.unsqueeze(0)?.unsqueeze(0)? // (1, 1, heads, N, N)
+            WindowBias::Tensor(rel_bias.unsqueeze(0)?.unsqueeze(0)?) // (1, 1, heads, N, N)
         };
-        let n_windows_bias = if shift > 0 { n_windows } else { 1 };
-        debug_assert_eq!(bias.dim(1)?, n_windows_bias);
 
         let attention = WindowAttention {
-            qkv: kernels::fused_qkv(&att.pp("self"), dim, dim, cfg.qkv_bias)?,
-            output: linear(dim, dim, att.pp("output").pp("dense"))?,
+            qkv: Dense::new(
+                kernels::fused_qkv(&att.pp("self"), dim, dim, cfg.qkv_bias)?,
+                packed,
+            )?,
+            output: Dense::load(att.pp("output").pp("dense"), dim, dim, true, packed)?,
             num_heads,
             head_dim,
             bias,
@@ -293,16 +352,18 @@ impl SwinBlock {
         let hidden = (dim as f64 * cfg.mlp_ratio) as usize;
         let to_windows = if n_windows > 1 || shift > 0 {
             let order = window_order(height, width, window, shift);
-            let mut inverse = vec![0u32; order.len()];
-            for (p, &q) in order.iter().enumerate() {
-                inverse[q as usize] = p as u32;
-            }
-            let len = order.len();
-            Some(WindowOrder {
-                order_t: Tensor::from_vec(order.clone(), len, &device)?,
-                inverse_t: Tensor::from_vec(inverse.clone(), len, &device)?,
-                order: order.into(),
-                inverse: inverse.into(),
+            Some(if packed {
+                WindowOrder::Indices(order)
+            } else {
+                let mut inverse = vec![0u32; order.len()];
+                for (p, &q) in order.iter().enumerate() {
+                    inverse[q as usize] = p as u32;
+                }
+                let len = order.len();
+                WindowOrder::Tensors {
+                    order: Tensor::from_vec(order, len, &device)?,
+                    inverse: Tensor::from_vec(inverse, len, &device)?,
+                }
             })
         } else {
             None
@@ -311,23 +372,32 @@ impl SwinBlock {
             layernorm_before: layer_norm_f32(dim, cfg.layer_norm_eps, vb.pp("layernorm_before"))?,
             attention,
             layernorm_after: layer_norm_f32(dim, cfg.layer_norm_eps, vb.pp("layernorm_after"))?,
-            intermediate: linear(dim, hidden, vb.pp("intermediate").pp("dense"))?,
-            output: linear(hidden, dim, vb.pp("output").pp("dense"))?,
+            intermediate: Dense::load(
+                vb.pp("intermediate").pp("dense"),
+                dim,
+                hidden,
+                true,
+                packed,
+            )?,
+            output: Dense::load(vb.pp("output").pp("dense"), hidden, dim, true, packed)?,
             act: cfg.hidden_act,
             to_windows,
             n_windows,
             window_tokens: n,
+            tokens: height * width,
+            dim,
         })
     }
 
-    /// `x`: `(B, H·W, C)`.
+    /// `x`: `(B, H·W, C)` (candle's path).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, l, c) = x.dims3()?;
-        let fused = kernels::fused(x);
         let h = self.layernorm_before.forward(x)?;
         let h = match &self.to_windows {
-            Some(w) if fused => kernels::gather_rows(&h, &w.order)?,
-            Some(w) => h.index_select(&w.order_t, 1)?,
+            Some(WindowOrder::Tensors { order, .. }) => h.index_select(order, 1)?,
+            Some(WindowOrder::Indices(_)) => {
+                candle_core::bail!("swin block: packed weights on candle's path")
+            }
             None => h,
         };
         let h = h.reshape((b * self.n_windows, self.window_tokens, c))?;
@@ -336,13 +406,245 @@ impl SwinBlock {
             .forward(&h, self.n_windows)?
             .reshape((b, l, c))?;
         let x = match &self.to_windows {
-            Some(w) if fused => kernels::add_gathered_rows(x, &h, &w.inverse)?,
-            Some(w) => (x + h.index_select(&w.inverse_t, 1)?)?,
-            None => (x + h)?,
+            Some(WindowOrder::Tensors { inverse, .. }) => (x + h.index_select(inverse, 1)?)?,
+            _ => (x + h)?,
         };
         let m = self.layernorm_after.forward(&x)?;
-        let m = kernels::linear(&self.intermediate, &m, Epilogue::Act(Some(self.act)))?;
-        kernels::linear(&self.output, &m, Epilogue::Residual(&x))
+        let m = self
+            .intermediate
+            .forward(&m, Epilogue::Act(Some(self.act)))?;
+        self.output.forward(&m, Epilogue::Residual(&x))
+    }
+
+    /// The block on the CPU kernels: `x` holds `b` maps of `(H·W, C)`.
+    ///
+    /// Four matmuls and the attention, nothing else: the LayerNorm and the
+    /// gather into (shifted) window order happen as the qkv matmul reads
+    /// `x`; the reverse order and the residual as the output projection
+    /// writes; the second LayerNorm as the MLP reads; its GELU and the last
+    /// residual as it writes. With windows enough for every thread, each
+    /// thread takes whole windows through the block ([`Self::by_windows`]);
+    /// otherwise each step is split over the threads.
+    fn forward_packed(&self, x: &[f32], b: usize) -> Result<Vec<f32>> {
+        let (l, c) = (self.tokens, self.dim);
+        let m = b * l;
+        let order = match &self.to_windows {
+            Some(WindowOrder::Indices(order)) => Some(order.as_slice()),
+            Some(WindowOrder::Tensors { .. }) => {
+                candle_core::bail!("swin block: candle weights on the CPU kernels' path")
+            }
+            None => None,
+        };
+        if x.len() != m * c {
+            candle_core::bail!("swin block: {} values for {b} maps of {l} × {c}", x.len());
+        }
+        let threads = rayon::current_num_threads();
+        if threads > 1 && b * self.n_windows >= 2 * threads {
+            return self.by_windows(x, b, order);
+        }
+        let windowed = match order {
+            Some(index) => Lhs::rows(x, c).gathered(RowMap::Gather {
+                index,
+                parts: 1,
+                period: l,
+                src_period: l,
+            }),
+            None => Lhs::rows(x, c),
+        };
+        let qkv = self.attention.qkv.gemm_new(
+            &windowed.normed(self.layernorm_before.rows()),
+            m,
+            Default::default(),
+        )?;
+        let ctx =
+            self.attention
+                .attend(&qkv, b * self.n_windows, self.window_tokens, self.n_windows)?;
+        let scatter = order.map(|index| Scatter { index, period: l });
+        drop(qkv);
+        let x = self.attention.output.gemm_new(
+            &Lhs::rows(&ctx, c),
+            m,
+            sgemm::Epilogue {
+                residual: Some(Residual {
+                    values: x,
+                    rows: scatter,
+                }),
+                scatter,
+                ..Default::default()
+            },
+        )?;
+        drop(ctx);
+        let hidden = self.intermediate.gemm_new(
+            &Lhs::rows(&x, c).normed(self.layernorm_after.rows()),
+            m,
+            sgemm::Epilogue {
+                act: Some(self.act),
+                ..Default::default()
+            },
+        )?;
+        self.output.gemm_new(
+            &Lhs::rows(&hidden, hidden.len() / m),
+            m,
+            sgemm::Epilogue {
+                residual: Some(Residual::rows(&x)),
+                ..Default::default()
+            },
+        )
+    }
+}
+
+/// A thread's buffers for [`SwinBlock::by_windows`], kept between calls.
+#[derive(Default)]
+struct WindowScratch {
+    tokens: Vec<u32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    x: Vec<f32>,
+    hidden: Vec<f32>,
+}
+
+thread_local! {
+    static WINDOW_SCRATCH: std::cell::RefCell<WindowScratch> = Default::default();
+}
+
+/// The output buffer shared by the threads of [`SwinBlock::by_windows`].
+struct SharedOut(*mut f32);
+// SAFETY: each thread writes the rows of its own windows' tokens only.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Sizes `v` to `n` values without initialising new ones: every caller
+/// writes all `n` before reading.
+fn resize_for_overwrite(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        *v = uninit_vec(n);
+    }
+}
+
+impl SwinBlock {
+    /// The block one group of windows at a time, each group whole on one
+    /// thread: its rows go from the qkv matmul through the attention, the
+    /// output projection and the MLP in that thread's caches, and only
+    /// the block's input and output touch memory (the step-by-step path
+    /// writes and reads back q/k/v, the attention and the 4C-wide hidden
+    /// layer of every token, and waits for all threads at every step).
+    fn by_windows(&self, x: &[f32], b: usize, order: Option<&[u32]>) -> Result<Vec<f32>> {
+        let (l, c, n) = (self.tokens, self.dim, self.window_tokens);
+        let m = b * l;
+        let windows = b * self.n_windows;
+        let threads = rayon::current_num_threads();
+        // About 256 rows a group (L2-sized buffers), at least two groups a
+        // thread.
+        let per_group = (256 / n).clamp(1, (windows / (2 * threads)).max(1));
+        let groups = windows.div_ceil(per_group);
+        let hidden = self.intermediate.out_dim()?;
+        let mut out = uninit_vec(m * c);
+        let shared = SharedOut(out.as_mut_ptr());
+        let WindowBias::Table { table, labels } = &self.attention.bias else {
+            candle_core::bail!("window attention: candle weights on the CPU kernels' path");
+        };
+        let (heads, head_dim) = (self.attention.num_heads, self.attention.head_dim);
+        let nn = n * n;
+        (0..groups)
+            .into_par_iter()
+            .try_for_each(|g| -> Result<()> {
+                let w0 = g * per_group;
+                let count = per_group.min(windows - w0);
+                let rows = count * n;
+                WINDOW_SCRATCH.with(|s| -> Result<()> {
+                    let s = &mut *s.borrow_mut();
+                    // The token each window-ordered row of the group reads.
+                    s.tokens.clear();
+                    s.tokens.extend((w0 * n..w0 * n + rows).map(|r| {
+                        let (map, at) = (r / l, r % l);
+                        (map * l + order.map_or(at, |o| o[at] as usize)) as u32
+                    }));
+                    let tokens = s.tokens.as_slice();
+                    resize_for_overwrite(&mut s.qkv, rows * 3 * c);
+                    resize_for_overwrite(&mut s.ctx, rows * c);
+                    resize_for_overwrite(&mut s.x, rows * c);
+                    resize_for_overwrite(&mut s.hidden, rows * hidden);
+                    let (qkv, ctx) = (&mut s.qkv[..rows * 3 * c], &mut s.ctx[..rows * c]);
+                    let (xg, hid) = (&mut s.x[..rows * c], &mut s.hidden[..rows * hidden]);
+                    let lhs = Lhs::rows(x, c)
+                        .gathered(RowMap::list(tokens))
+                        .normed(self.layernorm_before.rows());
+                    // SAFETY (all gemm_serial calls): the outputs are this
+                    // thread's buffers, except the last, which writes the rows
+                    // of this group's tokens; windows partition the tokens
+                    // (`order` is a permutation), so no other group writes them.
+                    unsafe {
+                        let qkv_len = qkv.len();
+                        self.attention.qkv.gemm_serial(
+                            &lhs,
+                            rows,
+                            Default::default(),
+                            qkv.as_mut_ptr(),
+                            qkv_len,
+                        )?;
+                    }
+                    attention::attention_serial(
+                        qkv,
+                        c,
+                        heads,
+                        1.0 / (head_dim as f32).sqrt(),
+                        Sequences::Uniform { count, len: n },
+                        |sq, h| ScoreBias::Table {
+                            table: &table[h * nn..(h + 1) * nn],
+                            labels: labels.as_deref().map(|lab| {
+                                let w = (w0 + sq) % self.n_windows;
+                                &lab[w * n..(w + 1) * n]
+                            }),
+                        },
+                        ctx,
+                    )?;
+                    unsafe {
+                        let xg_len = xg.len();
+                        self.attention.output.gemm_serial(
+                            &Lhs::rows(ctx, c),
+                            rows,
+                            sgemm::Epilogue {
+                                residual: Some(Residual {
+                                    values: x,
+                                    rows: Some(Scatter::list(tokens)),
+                                }),
+                                ..Default::default()
+                            },
+                            xg.as_mut_ptr(),
+                            xg_len,
+                        )?;
+                        let hid_len = hid.len();
+                        self.intermediate.gemm_serial(
+                            &Lhs::rows(xg, c).normed(self.layernorm_after.rows()),
+                            rows,
+                            sgemm::Epilogue {
+                                act: Some(self.act),
+                                ..Default::default()
+                            },
+                            hid.as_mut_ptr(),
+                            hid_len,
+                        )?;
+                        self.output.gemm_serial(
+                            &Lhs::rows(hid, hidden),
+                            rows,
+                            sgemm::Epilogue {
+                                residual: Some(Residual::rows(xg)),
+                                scatter: Some(Scatter::list(tokens)),
+                                ..Default::default()
+                            },
+                            shared.ptr(),
+                            m * c,
+                        )
+                    }
+                })
+            })?;
+        Ok(out)
     }
 }
 
@@ -382,27 +684,35 @@ fn window_order(height: usize, width: usize, window: usize, shift: usize) -> Vec
     order
 }
 
-/// The reference's shifted-window mask, `(nW, N, N)` flattened: 0 between
-/// tokens of the same region of the rolled map, −100 otherwise.
-fn shift_mask(height: usize, width: usize, window: usize, shift: usize) -> Vec<f32> {
-    let region = |i: usize, size: usize| -> usize {
-        usize::from(i >= size - window) + usize::from(i >= size - shift)
+/// Each token's region of the rolled map, window by window: `(nW, N)`.
+/// The reference masks attention between tokens of different regions.
+fn shift_labels(height: usize, width: usize, window: usize, shift: usize) -> Vec<u8> {
+    let region = |i: usize, size: usize| -> u8 {
+        u8::from(i >= size - window) + u8::from(i >= size - shift)
     };
     let n = window * window;
-    let mut mask = Vec::with_capacity(height * width / n * n * n);
+    let mut labels = Vec::with_capacity(height * width);
     for wy in 0..height / window {
         for wx in 0..width / window {
-            let labels: Vec<usize> = (0..n)
-                .map(|t| {
-                    let (y, x) = (wy * window + t / window, wx * window + t % window);
-                    3 * region(y, height) + region(x, width)
-                })
-                .collect();
-            for &li in &labels {
-                for &lj in &labels {
-                    mask.push(if li == lj { 0.0 } else { SHIFT_MASK_VALUE });
-                }
-            }
+            labels.extend((0..n).map(|t| {
+                let (y, x) = (wy * window + t / window, wx * window + t % window);
+                3 * region(y, height) + region(x, width)
+            }));
+        }
+    }
+    labels
+}
+
+/// The reference's shifted-window mask from the labels, `(nW, N, N)`
+/// flattened: 0 between tokens of the same region, −100 otherwise.
+fn shift_mask(labels: &[u8], n: usize) -> Vec<f32> {
+    let mut mask = Vec::with_capacity(labels.len() * n);
+    for w in labels.chunks_exact(n) {
+        for &li in w {
+            mask.extend(
+                w.iter()
+                    .map(|&lj| if li == lj { 0.0 } else { SHIFT_MASK_VALUE }),
+            );
         }
     }
     mask
@@ -411,12 +721,41 @@ fn shift_mask(height: usize, width: usize, window: usize, shift: usize) -> Vec<f
 /// `ClapAudioPatchMerging`: 2×2 neighbours concatenated, normalised, reduced to 2C.
 struct PatchMerging {
     norm: LayerNormF32,
-    reduction: Linear,
+    reduction: Dense,
     height: usize,
     width: usize,
+    dim: usize,
+    /// For each merged token, its four source tokens in the reference's
+    /// order (the CPU kernels' gather).
+    sources: Vec<u32>,
 }
 
 impl PatchMerging {
+    fn new(
+        norm: LayerNormF32,
+        reduction: Dense,
+        (height, width): (usize, usize),
+        dim: usize,
+    ) -> Self {
+        let (h2, w2) = (height / 2, width / 2);
+        // The reference concatenates [(r0,c0), (r1,c0), (r0,c1), (r1,c1)].
+        let sources = (0..h2 * w2)
+            .flat_map(|t| {
+                let (y, x) = (2 * (t / w2), 2 * (t % w2));
+                [(y, x), (y + 1, x), (y, x + 1), (y + 1, x + 1)]
+                    .map(|(yy, xx)| (yy * width + xx) as u32)
+            })
+            .collect();
+        Self {
+            norm,
+            reduction,
+            height,
+            width,
+            dim,
+            sources,
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, _, c) = x.dims3()?;
         let (h2, w2) = (self.height / 2, self.width / 2);
@@ -426,11 +765,23 @@ impl PatchMerging {
             .reshape((b, h2, 2, w2, 2, c))?
             .permute((0, 1, 3, 4, 2, 5))?
             .reshape((b, h2 * w2, 4 * c))?;
-        kernels::linear(
-            &self.reduction,
-            &self.norm.forward(&x)?,
-            Epilogue::Act(None),
-        )
+        self.reduction
+            .forward(&self.norm.forward(&x)?, Epilogue::Act(None))
+    }
+
+    /// The merge on the CPU kernels: the 2×2 gather and the LayerNorm
+    /// happen as the reduction's matmul reads `x` (`b` maps of `(H·W, C)`).
+    fn forward_packed(&self, x: &[f32], b: usize) -> Result<Vec<f32>> {
+        let l = self.height * self.width;
+        let lhs = Lhs::rows(x, self.dim)
+            .gathered(RowMap::Gather {
+                index: &self.sources,
+                parts: 4,
+                period: l / 4,
+                src_period: l,
+            })
+            .normed(self.norm.rows());
+        self.reduction.gemm_new(&lhs, b * l / 4, Default::default())
     }
 }
 
@@ -453,13 +804,16 @@ pub struct ClapAudioEncoder {
     device: Device,
     /// Bicubic time-resize matrices keyed by input frame count (1001 in practice).
     resize_cache: Mutex<Vec<(usize, Tensor)>>,
+    /// Whether the layers are packed for the CPU kernels.
+    packed: bool,
 }
 
 impl ClapAudioEncoder {
     /// Loads from `audio_model.audio_encoder`.
-    pub fn load(cfg: &ClapAudioConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn load(cfg: &ClapAudioConfig, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
+        let packed = kernels.packed(vb.device(), vb.dtype());
         let batch_norm = MelBatchNorm::load(cfg.num_mel_bins, vb.pp("batch_norm"))?;
-        let patch_embed = PatchEmbed::load(cfg, vb.pp("patch_embed"))?;
+        let patch_embed = PatchEmbed::load(cfg, packed, vb.pp("patch_embed"))?;
         let grid = cfg.spec_size / cfg.patch_stride.0[0];
         let n_stages = cfg.depths.len();
         let mut stages = Vec::with_capacity(n_stages);
@@ -470,7 +824,7 @@ impl ClapAudioEncoder {
             let blocks = (0..depth)
                 .map(|j| {
                     let shift = if j % 2 == 0 { 0 } else { cfg.window_size / 2 };
-                    SwinBlock::load(cfg, dim, res, heads, shift, svb.pp("blocks").pp(j))
+                    SwinBlock::load(cfg, dim, res, heads, shift, packed, svb.pp("blocks").pp(j))
                 })
                 .collect::<Result<Vec<_>>>()?;
             let downsample = if i + 1 < n_stages {
@@ -478,12 +832,12 @@ impl ClapAudioEncoder {
                     candle_core::bail!("audio stage {i} resolution {res:?} cannot be merged 2x2");
                 }
                 let dvb = svb.pp("downsample");
-                Some(PatchMerging {
-                    norm: layer_norm_f32(4 * dim, TORCH_LAYER_NORM_EPS, dvb.pp("norm"))?,
-                    reduction: linear_no_bias(4 * dim, 2 * dim, dvb.pp("reduction"))?,
-                    height: res.0,
-                    width: res.1,
-                })
+                Some(PatchMerging::new(
+                    layer_norm_f32(4 * dim, TORCH_LAYER_NORM_EPS, dvb.pp("norm"))?,
+                    Dense::load(dvb.pp("reduction"), 4 * dim, 2 * dim, false, packed)?,
+                    res,
+                    dim,
+                ))
             } else {
                 None
             };
@@ -502,6 +856,7 @@ impl ClapAudioEncoder {
             dtype: vb.dtype(),
             device: vb.device().clone(),
             resize_cache: Mutex::new(Vec::new()),
+            packed,
         })
     }
 
@@ -547,6 +902,9 @@ impl ClapAudioEncoder {
     /// `features`: `(B, 1, T, n_mels)` log-mel in dB. Returns `(B, num_features)`.
     pub fn forward(&self, features: &Tensor) -> Result<Tensor> {
         let img = self.mel_to_image(features)?.to_dtype(self.dtype)?;
+        if self.packed {
+            return self.forward_packed(&img);
+        }
         let mut x = self.patch_embed.forward(&img)?;
         for stage in &self.stages {
             for block in &stage.blocks {
@@ -561,6 +919,35 @@ impl ClapAudioEncoder {
         self.norm.forward(&x)?.mean(1)
     }
 
+    /// [`Self::forward`] on the CPU kernels, from the image on.
+    fn forward_packed(&self, img: &Tensor) -> Result<Tensor> {
+        let b = img.dim(0)?;
+        let mut x = self.patch_embed.forward_packed(img)?;
+        for stage in &self.stages {
+            for block in &stage.blocks {
+                x = block.forward_packed(&x, b)?;
+            }
+            if let Some(merge) = &stage.downsample {
+                x = merge.forward_packed(&x, b)?;
+            }
+        }
+        self.norm.apply(&mut x);
+        let width = self.norm.rows().gamma.len();
+        let tokens = x.len() / (b * width);
+        let mut pooled = vec![0f32; b * width];
+        pooled
+            .par_chunks_mut(width)
+            .zip(x.par_chunks(tokens * width))
+            .for_each(|(mean, map)| {
+                for row in map.chunks_exact(width) {
+                    kernels::simd::add(mean, row);
+                }
+                let inv = 1.0 / tokens as f32;
+                mean.iter_mut().for_each(|v| *v *= inv);
+            });
+        Tensor::from_vec(pooled, (b, width), &self.device)
+    }
+
     /// Device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
@@ -569,16 +956,23 @@ impl ClapAudioEncoder {
 
 /// `ClapProjectionLayer`: `linear2(act(linear1(x)))`.
 pub struct ClapProjection {
-    linear1: Linear,
-    linear2: Linear,
+    linear1: Dense,
+    linear2: Dense,
     act: Activation,
 }
 
 impl ClapProjection {
-    pub fn load(in_dim: usize, out_dim: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
+    pub fn load(
+        in_dim: usize,
+        out_dim: usize,
+        act: Activation,
+        kernels: Kernels,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let packed = kernels.packed(vb.device(), vb.dtype());
         Ok(Self {
-            linear1: linear(in_dim, out_dim, vb.pp("linear1"))?,
-            linear2: linear(out_dim, out_dim, vb.pp("linear2"))?,
+            linear1: Dense::load(vb.pp("linear1"), in_dim, out_dim, true, packed)?,
+            linear2: Dense::load(vb.pp("linear2"), out_dim, out_dim, true, packed)?,
             act,
         })
     }
@@ -586,8 +980,8 @@ impl ClapProjection {
 
 impl Module for ClapProjection {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = kernels::linear(&self.linear1, x, Epilogue::Act(Some(self.act)))?;
-        kernels::linear(&self.linear2, &h, Epilogue::Act(None))
+        let h = self.linear1.forward(x, Epilogue::Act(Some(self.act)))?;
+        self.linear2.forward(&h, Epilogue::Act(None))
     }
 }
 
@@ -636,7 +1030,7 @@ mod tests {
     fn shift_mask_separates_wrapped_regions() {
         let (h, w, win, shift) = (16, 16, 8, 4);
         let n = win * win;
-        let mask = shift_mask(h, w, win, shift);
+        let mask = shift_mask(&shift_labels(h, w, win, shift), win * win);
         assert_eq!(mask.len(), 4 * n * n);
         // Window 0 holds one region only: no masking.
         assert!(mask[..n * n].iter().all(|&v| v == 0.0));

@@ -24,7 +24,7 @@ pub use embedder::{
 };
 pub use error::{ClapError, Result};
 pub use features::{FeatureExtractorConfig, MelFrontEnd};
-pub use kernels::with_generic_kernels;
+pub use kernels::Kernels;
 pub use model::ClapModel;
 pub use source::{ModelFiles, DEFAULT_MODEL};
 pub use tokenizer::{ClapTokenizer, TokenBatch};

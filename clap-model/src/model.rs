@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use crate::audio_encoder::{ClapAudioEncoder, ClapProjection};
 use crate::config::ClapConfig;
 use crate::error::{ClapError, Result};
+use crate::kernels::Kernels;
 use crate::source::ModelFiles;
 use crate::text_encoder::ClapTextEncoder;
 
@@ -23,8 +24,19 @@ pub struct ClapModel {
 
 impl ClapModel {
     /// Loads weights (`model.safetensors`, memory-mapped, or `pytorch_model.bin`)
-    /// and `config.json` from resolved model files.
+    /// and `config.json` from resolved model files, with [`Kernels::Auto`].
     pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with(files, device, dtype, Kernels::Auto)
+    }
+
+    /// [`Self::load`] with the kernels chosen: [`Kernels::Generic`] runs
+    /// candle's ops even for f32 on the CPU (the reference for tests).
+    pub fn load_with(
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+        kernels: Kernels,
+    ) -> Result<Self> {
         let config = read_config(&files.config)?;
         let is_pth = files
             .weights
@@ -37,7 +49,7 @@ impl ClapModel {
             // safetensors loader we rely on it not being truncated while in use.
             unsafe { VarBuilder::from_mmaped_safetensors(&[&files.weights], dtype, device)? }
         };
-        Self::new(config, vb).map_err(|e| match e {
+        Self::new(config, vb, kernels).map_err(|e| match e {
             ClapError::Candle(err) => ClapError::Candle(err.context(format!(
                 "loading weights from {} (is it a ClapModel checkpoint matching its config.json?)",
                 files.weights.display()
@@ -48,22 +60,26 @@ impl ClapModel {
 
     /// Builds the model from a parsed config and a weight source whose names
     /// follow the HF checkpoint.
-    pub fn new(config: ClapConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: ClapConfig, vb: VarBuilder, kernels: Kernels) -> Result<Self> {
         let audio_encoder = ClapAudioEncoder::load(
             &config.audio_config,
+            kernels,
             vb.pp("audio_model").pp("audio_encoder"),
         )?;
         let audio_projection = ClapProjection::load(
             config.audio_num_features(),
             config.projection_dim,
             config.projection_hidden_act,
+            kernels,
             vb.pp("audio_projection"),
         )?;
-        let text_encoder = ClapTextEncoder::load(&config.text_config, vb.pp("text_model"))?;
+        let text_encoder =
+            ClapTextEncoder::load(&config.text_config, kernels, vb.pp("text_model"))?;
         let text_projection = ClapProjection::load(
             config.text_config.hidden_size,
             config.projection_dim,
             config.projection_hidden_act,
+            kernels,
             vb.pp("text_projection"),
         )?;
         let scalar = |name: &str| -> Result<f32> {

@@ -1,0 +1,616 @@
+//! Multi-head self-attention on the CPU, straight from a fused q/k/v
+//! projection: `softmax(scale·q·kᵀ + bias)·v` per (sequence, head).
+//!
+//! A sequence is a Swin window (64 tokens) or a text; a head's work is
+//! small (64 × 64 × 32 for HTSAT), so it runs whole on one thread with
+//! everything in L1: kᵀ and v packed as the microkernel's right operand, q
+//! and the probabilities read in place as its left, six query rows at a time
+//! through scores, softmax and ·v. No head copies, no `(windows, heads, N, N)`
+//! tensors: Swin's bias is one `(N, N)` table per head plus, for shifted
+//! windows, a region label per token (the reference's −100 mask).
+
+use std::cell::RefCell;
+
+use candle_core::{bail, Result};
+use rayon::prelude::*;
+
+use super::sgemm::microkernel::tile;
+use super::sgemm::{MR, NR};
+use super::simd;
+
+/// Value the reference adds between tokens of different regions in a shifted window.
+pub(crate) const SHIFT_MASK_VALUE: f32 = -100.0;
+
+/// What is added to the scores of one (sequence, head).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ScoreBias<'a> {
+    None,
+    /// `(n, n)` added to the scores, then, where labels are given,
+    /// [`SHIFT_MASK_VALUE`] between query and key of different labels.
+    Table {
+        table: &'a [f32],
+        labels: Option<&'a [u8]>,
+    },
+    /// One value per key (a padding mask).
+    PerKey(&'a [f32]),
+}
+
+/// Where the sequences lie in the rows of `qkv`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Sequences<'a> {
+    /// `count` sequences of `len` rows one after another.
+    Uniform { count: usize, len: usize },
+    /// Sequences of these lengths one after another.
+    Packed(&'a [usize]),
+}
+
+impl Sequences<'_> {
+    fn count(&self) -> usize {
+        match self {
+            Self::Uniform { count, .. } => *count,
+            Self::Packed(lens) => lens.len(),
+        }
+    }
+
+    fn total_rows(&self) -> usize {
+        match self {
+            Self::Uniform { count, len } => count * len,
+            Self::Packed(lens) => lens.iter().sum(),
+        }
+    }
+}
+
+struct OutPtr(*mut f32);
+// SAFETY: each (sequence, head) writes its own rows × head columns.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer `at` values in (a method, so closures take the whole `Sync` wrapper).
+    fn at(&self, at: usize) -> *mut f32 {
+        self.0.wrapping_add(at)
+    }
+}
+
+#[derive(Default)]
+struct Scratch {
+    /// kᵀ as ⌈n/NR⌉ panels of `d × NR`.
+    kt: Vec<f32>,
+    /// v as ⌈d/NR⌉ panels of `n × NR`.
+    v: Vec<f32>,
+    /// `MR` rows of scores, then probabilities.
+    scores: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Self-attention of every sequence over `qkv`, rows of `3c` (q, k, v side
+/// by side, heads contiguous in each); writes rows of `c`, heads merged,
+/// into `out`. `bias(sequence, head)` gives that pair's additive bias.
+/// Runs on rayon's threads.
+pub(crate) fn attention<'b>(
+    qkv: &[f32],
+    c: usize,
+    heads: usize,
+    scale: f32,
+    seqs: Sequences,
+    bias: impl Fn(usize, usize) -> ScoreBias<'b> + Sync,
+    out: &mut [f32],
+) -> Result<()> {
+    run(qkv, c, heads, scale, seqs, bias, out, true)
+}
+
+/// [`attention`] on the calling thread alone.
+pub(crate) fn attention_serial<'b>(
+    qkv: &[f32],
+    c: usize,
+    heads: usize,
+    scale: f32,
+    seqs: Sequences,
+    bias: impl Fn(usize, usize) -> ScoreBias<'b> + Sync,
+    out: &mut [f32],
+) -> Result<()> {
+    run(qkv, c, heads, scale, seqs, bias, out, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<'b>(
+    qkv: &[f32],
+    c: usize,
+    heads: usize,
+    scale: f32,
+    seqs: Sequences,
+    bias: impl Fn(usize, usize) -> ScoreBias<'b> + Sync,
+    out: &mut [f32],
+    parallel: bool,
+) -> Result<()> {
+    if heads == 0 || !c.is_multiple_of(heads) {
+        bail!("attention: width {c} is not a multiple of {heads} heads");
+    }
+    let rows = seqs.total_rows();
+    if qkv.len() != rows * 3 * c || out.len() != rows * c {
+        bail!(
+            "attention: {} and {} values for {rows} rows of width {c}",
+            qkv.len(),
+            out.len()
+        );
+    }
+    if let Sequences::Packed(lens) = seqs {
+        if lens.contains(&0) {
+            bail!("attention: an empty sequence");
+        }
+    }
+    let starts: Vec<(usize, usize)> = match seqs {
+        Sequences::Uniform { count, len } => (0..count).map(|s| (s * len, len)).collect(),
+        Sequences::Packed(lens) => lens
+            .iter()
+            .scan(0, |at, &n| {
+                let start = *at;
+                *at += n;
+                Some((start, n))
+            })
+            .collect(),
+    };
+    // Validate every bias before any thread reads one.
+    for (s, &(_, n)) in starts.iter().enumerate() {
+        for h in 0..heads {
+            match bias(s, h) {
+                ScoreBias::None => {}
+                ScoreBias::Table { table, labels } => {
+                    if table.len() != n * n || labels.is_some_and(|l| l.len() != n) {
+                        bail!("attention: bias of sequence {s} does not fit its {n} tokens");
+                    }
+                }
+                ScoreBias::PerKey(keys) => {
+                    if keys.len() != n {
+                        bail!("attention: mask of sequence {s} does not fit its {n} tokens");
+                    }
+                }
+            }
+        }
+    }
+    let d = c / heads;
+    let ptr = OutPtr(out.as_mut_ptr());
+    let items = seqs.count() * heads;
+    let one = |item: usize| {
+        let (s, h) = (item / heads, item % heads);
+        let (start, n) = starts[s];
+        let x = &qkv[start * 3 * c..(start + n) * 3 * c];
+        SCRATCH.with(|scratch| {
+            // SAFETY: this item writes rows start..start+n, columns
+            // h·d..(h+1)·d of `out` (checked to hold rows·c values), which
+            // no other item writes.
+            unsafe {
+                let o = ptr.at(start * c);
+                head(
+                    x,
+                    n,
+                    c,
+                    d,
+                    h,
+                    scale,
+                    bias(s, h),
+                    &mut scratch.borrow_mut(),
+                    o,
+                )
+            }
+        });
+    };
+    if items == 1 || !parallel {
+        (0..items).for_each(one);
+    } else {
+        // Items of a 64-token window are ~0.3 MFLOP: hand them out in runs.
+        (0..items).into_par_iter().with_min_len(4).for_each(one);
+    }
+    Ok(())
+}
+
+/// One head of one sequence of `n` tokens: `o[t, h·d..] = softmax(…)·v`.
+/// Compiled for AVX2 + FMA too (its loops then vectorise and the tiles
+/// inline), chosen at run time.
+///
+/// # Safety
+/// `o` must point to `n` rows of `c` values of which this call alone
+/// writes columns `h·d..(h+1)·d`; `x` holds `n` rows of `3c`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn head(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    d: usize,
+    h: usize,
+    scale: f32,
+    bias: ScoreBias,
+    s: &mut Scratch,
+    o: *mut f32,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::has_avx2_fma() {
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx2(
+            x: &[f32],
+            n: usize,
+            c: usize,
+            d: usize,
+            h: usize,
+            scale: f32,
+            bias: ScoreBias,
+            s: &mut Scratch,
+            o: *mut f32,
+        ) {
+            head_body(x, n, c, d, h, scale, bias, s, o)
+        }
+        return avx2(x, n, c, d, h, scale, bias, s, o);
+    }
+    head_body(x, n, c, d, h, scale, bias, s, o)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_body(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    d: usize,
+    h: usize,
+    scale: f32,
+    bias: ScoreBias,
+    s: &mut Scratch,
+    o: *mut f32,
+) {
+    let c3 = 3 * c;
+    let key_panels = n.div_ceil(NR);
+    let npad = key_panels * NR;
+    let d_panels = d.div_ceil(NR);
+    // kᵀ: panel jp holds keys jp·NR.., as kt[jp][kk][j]; keys past n zero.
+    s.kt.clear();
+    s.kt.resize(key_panels * d * NR, 0.0);
+    for key in 0..n {
+        let (jp, j) = (key / NR, key % NR);
+        let k = &x[key * c3 + c + h * d..][..d];
+        let panel = &mut s.kt[jp * d * NR..(jp + 1) * d * NR];
+        for (kk, &v) in k.iter().enumerate() {
+            panel[kk * NR + j] = v;
+        }
+    }
+    // v: panel dp holds columns dp·NR.. of every key, as v[dp][key][j].
+    s.v.clear();
+    s.v.resize(d_panels * n * NR, 0.0);
+    for key in 0..n {
+        let v = &x[key * c3 + 2 * c + h * d..][..d];
+        for (dp, chunk) in v.chunks(NR).enumerate() {
+            s.v[(dp * n + key) * NR..][..chunk.len()].copy_from_slice(chunk);
+        }
+    }
+    s.scores.clear();
+    s.scores.resize(MR * npad, 0.0);
+    let mut acc = [[0f32; NR]; MR];
+    let mut q0 = 0;
+    while q0 < n {
+        let rows = MR.min(n - q0);
+        // Rows past the sequence repeat its last: computed, never stored.
+        let q_rows: [*const f32; MR] =
+            std::array::from_fn(|i| x.as_ptr().add((q0 + i.min(rows - 1)) * c3 + h * d));
+        for jp in 0..key_panels {
+            tile(d, q_rows, s.kt.as_ptr().add(jp * d * NR), &mut acc);
+            for (i, a) in acc.iter().enumerate().take(rows) {
+                let row = &mut s.scores[i * npad + jp * NR..][..NR];
+                let q = q0 + i;
+                let cols = NR.min(n - jp * NR);
+                let keys = jp * NR..jp * NR + cols;
+                // In the reference's order: (q·kᵀ)·scale + bias, then the mask.
+                match bias {
+                    ScoreBias::None => {
+                        for (r, &v) in row.iter_mut().zip(&a[..cols]) {
+                            *r = v * scale;
+                        }
+                    }
+                    ScoreBias::Table { table, labels } => {
+                        let t = &table[q * n + keys.start..q * n + keys.end];
+                        for ((r, &v), &b) in row.iter_mut().zip(&a[..cols]).zip(t) {
+                            *r = v * scale + b;
+                        }
+                        if let Some(l) = labels {
+                            for (r, &lk) in row.iter_mut().zip(&l[keys]) {
+                                if lk != l[q] {
+                                    *r += SHIFT_MASK_VALUE;
+                                }
+                            }
+                        }
+                    }
+                    ScoreBias::PerKey(k) => {
+                        for ((r, &v), &b) in row.iter_mut().zip(&a[..cols]).zip(&k[keys]) {
+                            *r = v * scale + b;
+                        }
+                    }
+                }
+            }
+        }
+        for i in 0..rows {
+            simd::softmax(&mut s.scores[i * npad..i * npad + n]);
+        }
+        let p_rows: [*const f32; MR] =
+            std::array::from_fn(|i| s.scores.as_ptr().add(i.min(rows - 1) * npad));
+        for dp in 0..d_panels {
+            tile(n, p_rows, s.v.as_ptr().add(dp * n * NR), &mut acc);
+            let cols = NR.min(d - dp * NR);
+            for (i, a) in acc.iter().enumerate().take(rows) {
+                let dst = o.add((q0 + i) * c + h * d + dp * NR);
+                std::ptr::copy_nonoverlapping(a.as_ptr(), dst, cols);
+            }
+        }
+        q0 += MR;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// `softmax(scale·q·kᵀ + bias)·v` in f64, one (sequence, head) at a time.
+    fn reference(
+        qkv: &[f32],
+        c: usize,
+        heads: usize,
+        scale: f64,
+        seqs: &[(usize, usize)],
+        bias: &dyn Fn(usize, usize, usize, usize) -> f64,
+    ) -> Vec<f64> {
+        let d = c / heads;
+        let rows: usize = seqs.iter().map(|s| s.1).sum();
+        let mut out = vec![0f64; rows * c];
+        let at = |t: usize, part: usize, h: usize, j: usize| {
+            f64::from(qkv[t * 3 * c + part * c + h * d + j])
+        };
+        for (s, &(start, n)) in seqs.iter().enumerate() {
+            for h in 0..heads {
+                for q in 0..n {
+                    let scores: Vec<f64> = (0..n)
+                        .map(|key| {
+                            let dot: f64 = (0..d)
+                                .map(|j| at(start + q, 0, h, j) * at(start + key, 1, h, j))
+                                .sum();
+                            dot * scale + bias(s, h, q, key)
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for j in 0..d {
+                        out[(start + q) * c + h * d + j] = (0..n)
+                            .map(|key| e[key] / sum * at(start + key, 2, h, j))
+                            .sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn compare(what: &str, got: &[f32], want: &[f64]) {
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(g) - w).abs() < 2e-6,
+                "{what}: value {i}: {g} against {w}"
+            );
+        }
+    }
+
+    /// Windows with a bias table and shift labels; sizes off the tiles
+    /// (13 tokens, heads of 8 and 20).
+    #[test]
+    fn windows_with_table_and_labels_match_f64() {
+        for (count, n, heads, d) in [(5, 13, 3, 8), (2, 64, 2, 20), (1, 1, 1, 4)] {
+            let c = heads * d;
+            let qkv = values(count * n * 3 * c, 1);
+            let table = values(heads * n * n, 2);
+            let labels: Vec<u8> = (0..2 * n).map(|t| (t % 3) as u8).collect();
+            let bias = |s: usize, h: usize| ScoreBias::Table {
+                table: &table[h * n * n..(h + 1) * n * n],
+                labels: (s % 2 == 1).then(|| &labels[..n]),
+            };
+            for parallel in [true, false] {
+                let mut out = vec![0f32; count * n * c];
+                run(
+                    &qkv,
+                    c,
+                    heads,
+                    0.3,
+                    Sequences::Uniform { count, len: n },
+                    bias,
+                    &mut out,
+                    parallel,
+                )
+                .unwrap();
+                let seqs: Vec<(usize, usize)> = (0..count).map(|s| (s * n, n)).collect();
+                let want = reference(&qkv, c, heads, f64::from(0.3f32), &seqs, &|s, h, q, k| {
+                    let mut b = f64::from(table[h * n * n + q * n + k]);
+                    if s % 2 == 1 && labels[q] != labels[k] {
+                        b += f64::from(SHIFT_MASK_VALUE);
+                    }
+                    b
+                });
+                compare(
+                    &format!("{count} windows of {n}, heads {heads}×{d}"),
+                    &out,
+                    &want,
+                );
+            }
+        }
+    }
+
+    /// Texts of different lengths packed one after another, no bias; and
+    /// padded texts with a mask per key, whose masked keys change nothing.
+    #[test]
+    fn packed_and_masked_sequences_match_f64() {
+        let (heads, d) = (3, 16);
+        let c = heads * d;
+        let lens = [7usize, 1, 19, 6];
+        let total: usize = lens.iter().sum();
+        let qkv = values(total * 3 * c, 3);
+        let mut out = vec![0f32; total * c];
+        attention(
+            &qkv,
+            c,
+            heads,
+            0.25,
+            Sequences::Packed(&lens),
+            |_, _| ScoreBias::None,
+            &mut out,
+        )
+        .unwrap();
+        let seqs: Vec<(usize, usize)> = lens
+            .iter()
+            .scan(0, |at, &n| {
+                let s = (*at, n);
+                *at += n;
+                Some(s)
+            })
+            .collect();
+        compare(
+            "packed",
+            &out,
+            &reference(&qkv, c, heads, 0.25, &seqs, &|_, _, _, _| 0.0),
+        );
+
+        let (count, len) = (2, 9);
+        let mut qkv = values(count * len * 3 * c, 4);
+        let real = [9usize, 5];
+        let mask: Vec<f32> = (0..count)
+            .flat_map(|s| (0..len).map(move |t| if t < real[s] { 0.0 } else { f32::MIN }))
+            .collect();
+        let mut out = vec![0f32; count * len * c];
+        let masked = |s: usize, _| ScoreBias::PerKey(&mask[s * len..(s + 1) * len]);
+        attention(
+            &qkv,
+            c,
+            heads,
+            0.25,
+            Sequences::Uniform { count, len },
+            masked,
+            &mut out,
+        )
+        .unwrap();
+        // The real tokens of the second text attend only to each other.
+        let seq1: Vec<f32> = qkv[len * 3 * c..(len + real[1]) * 3 * c].to_vec();
+        let want = reference(&seq1, c, heads, 0.25, &[(0, real[1])], &|_, _, _, _| 0.0);
+        compare("masked", &out[len * c..(len + real[1]) * c], &want);
+        // Changing a masked key's values changes nothing.
+        for v in &mut qkv[(len + 7) * 3 * c..(len + 8) * 3 * c] {
+            *v += 3.0;
+        }
+        let mut again = vec![0f32; count * len * c];
+        attention(
+            &qkv,
+            c,
+            heads,
+            0.25,
+            Sequences::Uniform { count, len },
+            masked,
+            &mut again,
+        )
+        .unwrap();
+        assert_eq!(
+            out[len * c..(len + real[1]) * c],
+            again[len * c..(len + real[1]) * c]
+        );
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let qkv = values(4 * 3 * 8, 5);
+        let mut out = vec![0f32; 4 * 8];
+        let none = |_, _| ScoreBias::None;
+        assert!(attention(
+            &qkv,
+            8,
+            3,
+            1.0,
+            Sequences::Uniform { count: 1, len: 4 },
+            none,
+            &mut out
+        )
+        .is_err());
+        assert!(attention(
+            &qkv,
+            8,
+            2,
+            1.0,
+            Sequences::Uniform { count: 1, len: 5 },
+            none,
+            &mut out
+        )
+        .is_err());
+        assert!(attention(&qkv, 8, 2, 1.0, Sequences::Packed(&[4, 0]), none, &mut out).is_err());
+        let short = [0.0f32; 3];
+        let bad = |_, _| ScoreBias::PerKey(&short);
+        assert!(attention(
+            &qkv,
+            8,
+            2,
+            1.0,
+            Sequences::Uniform { count: 1, len: 4 },
+            bad,
+            &mut out
+        )
+        .is_err());
+    }
+
+    /// `cargo test --release -p clap-model --lib attention_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn attention_speed() {
+        for (windows, c, heads) in [(512, 128, 4), (128, 256, 8), (32, 512, 16), (8, 1024, 32)] {
+            let n = 64;
+            let qkv = values(windows * n * 3 * c, 1);
+            let table = values(heads * n * n, 2);
+            let mut out = vec![0f32; windows * n * c];
+            let run = |out: &mut [f32]| {
+                attention(
+                    &qkv,
+                    c,
+                    heads,
+                    0.17,
+                    Sequences::Uniform {
+                        count: windows,
+                        len: n,
+                    },
+                    |_, h| ScoreBias::Table {
+                        table: &table[h * n * n..(h + 1) * n * n],
+                        labels: None,
+                    },
+                    out,
+                )
+                .unwrap()
+            };
+            run(&mut out);
+            let reps = 5;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                run(&mut out);
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            let flops = (windows * n * n * c * 4) as f64;
+            println!(
+                "{windows} windows, C {c}: {:.2} ms, {:.1} GFLOP/s",
+                s * 1e3,
+                flops / s / 1e9
+            );
+        }
+    }
+}
