@@ -455,7 +455,7 @@ def main() -> int:
         if "traum" not in skip:
             for i, dt in enumerate(filter(None, args.traum_dtypes.split(","))):
                 name = "traum" if i == 0 else f"traum {dt}"
-                print(f"{name} (clap-model, candle, {dt}, {args.device})", flush=True)
+                print(f"{name} (clap-model: its own CPU kernels in f32, candle otherwise; {dt}, {args.device})", flush=True)
                 results[name] = run_traum(work, model_dir, batches, args.min_time, args.threads, args.traum_bin,
                                           device=args.device, dtype=dt)
         rounds.append(results)
@@ -475,7 +475,7 @@ def main() -> int:
     measured = [m for m in measured if m]
     if measured and args.ghz is None:
         peak = measured[0]
-        peak_how = f"measured: {args.threads} threads of register-only AVX2 FMAs (side_by_side bench)"
+        peak_how = f"measured: {args.threads} threads of register-only FMAs, AVX-512 where the CPU has it, else AVX2 (side_by_side bench)"
     else:
         peak, peak_how = peak_gflops(args.threads, args.ghz, args.flop_per_cycle)
     cols = [(w, b) for w in ("audio", "text") for b in batches]

@@ -9,6 +9,11 @@
 //! the shift/partition of shifted windows is one precomputed gather instead of
 //! `roll` + `permute`, and the bicubic time resize is a precomputed sparse
 //! matrix applied as a matmul. Both are exact rearrangements of the same sums.
+//!
+//! Loaded for f32 on the CPU, every layer keeps only its packed weights and
+//! the towers run on [`crate::kernels`]: the LayerNorms and window orders
+//! happen inside the matmuls, and each thread takes whole windows through a
+//! Swin block (`forward_packed`, `by_windows`). Anywhere else, candle's ops.
 
 use std::sync::Mutex;
 

@@ -93,9 +93,10 @@ pub struct LibraryArgs {
     /// Database URL (sqlite://… or postgres://…); default: SQLite in the data directory.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Files processed at once.
-    #[arg(long, env = "TRAUM_WORKERS", default_value_t = 2)]
-    pub workers: usize,
+    /// Files processed at once [default: twice the batch size, at most 64: one batch runs
+    /// while the files of the next decode].
+    #[arg(long, env = "TRAUM_WORKERS")]
+    pub workers: Option<usize>,
     /// Longest wait (ms) for a forward pass to fill its batch.
     #[arg(long, env = "TRAUM_BATCH_WAIT_MS", default_value_t = 5)]
     pub batch_wait_ms: u64,
@@ -317,15 +318,16 @@ pub struct ModelArgs {
     /// auto (f32, the precision the parity tests cover), f32, or on a GPU f16 or bf16.
     #[arg(long, env = "TRAUM_DTYPE", default_value = "auto")]
     pub dtype: Precision,
-    /// Most audio windows or texts per forward pass [default: 8 on the CPU, 128 on a GPU].
+    /// Most audio windows or texts per forward pass [default: 4 on the CPU, 128 on a GPU].
     #[arg(long, env = "TRAUM_BATCH_SIZE")]
     pub batch_size: Option<usize>,
 }
 
 impl ModelArgs {
-    /// `--batch-size`, or the default for the device: 8 on the CPU (larger
-    /// batches gain nothing there and hold more memory), 128 on a GPU (which
-    /// needs that many windows to be busy).
+    /// `--batch-size`, or the default for the device: 4 on the CPU (a clip
+    /// costs the same at batch 1 and 8 there, and a search waits behind at
+    /// most one batch: ~2 s on two cores), 128 on a GPU (which needs that
+    /// many windows to be busy).
     pub fn batch_size(&self) -> usize {
         let gpu = match self.device {
             DeviceSpec::Cpu => false,
@@ -334,7 +336,7 @@ impl ModelArgs {
             // then with the GPU's batch: set --batch-size there).
             DeviceSpec::Auto => cfg!(feature = "cuda"),
         };
-        self.batch_size.unwrap_or(if gpu { 128 } else { 8 }).max(1)
+        self.batch_size.unwrap_or(if gpu { 128 } else { 4 }).max(1)
     }
 }
 

@@ -30,7 +30,11 @@ pub fn library_config(model: &ModelArgs, args: &LibraryArgs) -> Result<LibraryCo
     let mut config = LibraryConfig::new(&args.data_dir);
     config.storage_dir = args.storage_dir.clone();
     config.database_url = args.database_url.clone().filter(|u| !u.trim().is_empty());
-    config.workers = args.workers.max(1);
+    // Twice the batch: with one batch's files in the forward pass, the next batch's decode.
+    config.workers = args
+        .workers
+        .unwrap_or((2 * model.batch_size()).min(64))
+        .max(1);
     config.batcher = BatcherConfig {
         max_batch: model.batch_size(),
         max_wait: Duration::from_millis(args.batch_wait_ms),

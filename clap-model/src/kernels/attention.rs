@@ -76,9 +76,9 @@ impl OutPtr {
 struct Scratch {
     /// kᵀ as ⌈n/NR⌉ panels of `d × NR`.
     kt: Vec<f32>,
-    /// v as ⌈d/NR⌉ panels of `n × NR`.
+    /// v as ⌈d/NR⌉ panels of `n × NR`, for heads not a whole number of panels wide.
     v: Vec<f32>,
-    /// `MR` rows of scores, then probabilities.
+    /// `MR` rows of scores, then of unnormalised probabilities.
     scores: Vec<f32>,
 }
 
@@ -265,28 +265,25 @@ unsafe fn head_body(
     let key_panels = n.div_ceil(NR);
     let npad = key_panels * NR;
     let d_panels = d.div_ceil(NR);
-    // kᵀ: panel jp holds keys jp·NR.., as kt[jp][kk][j]; keys past n zero.
-    s.kt.clear();
-    s.kt.resize(key_panels * d * NR, 0.0);
-    for key in 0..n {
-        let (jp, j) = (key / NR, key % NR);
-        let k = &x[key * c3 + c + h * d..][..d];
-        let panel = &mut s.kt[jp * d * NR..(jp + 1) * d * NR];
-        for (kk, &v) in k.iter().enumerate() {
-            panel[kk * NR + j] = v;
+    pack_keys(x, n, c, d, h, &mut s.kt);
+    // v as the right operand: read in place when the head is whole panels
+    // wide (rows 3c apart), else packed as d_panels panels of n × NR.
+    let (v, v_stride, v_panel) = if d.is_multiple_of(NR) {
+        (x.as_ptr().add(2 * c + h * d), c3, NR)
+    } else {
+        s.v.clear();
+        s.v.resize(d_panels * n * NR, 0.0);
+        for key in 0..n {
+            let v = &x[key * c3 + 2 * c + h * d..][..d];
+            for (dp, chunk) in v.chunks(NR).enumerate() {
+                s.v[(dp * n + key) * NR..][..chunk.len()].copy_from_slice(chunk);
+            }
         }
+        (s.v.as_ptr(), NR, n * NR)
+    };
+    if s.scores.len() < MR * npad {
+        s.scores.resize(MR * npad, 0.0);
     }
-    // v: panel dp holds columns dp·NR.. of every key, as v[dp][key][j].
-    s.v.clear();
-    s.v.resize(d_panels * n * NR, 0.0);
-    for key in 0..n {
-        let v = &x[key * c3 + 2 * c + h * d..][..d];
-        for (dp, chunk) in v.chunks(NR).enumerate() {
-            s.v[(dp * n + key) * NR..][..chunk.len()].copy_from_slice(chunk);
-        }
-    }
-    s.scores.clear();
-    s.scores.resize(MR * npad, 0.0);
     let mut acc = [[0f32; NR]; MR];
     let mut q0 = 0;
     while q0 < n {
@@ -295,26 +292,26 @@ unsafe fn head_body(
         let q_rows: [*const f32; MR] =
             std::array::from_fn(|i| x.as_ptr().add((q0 + i.min(rows - 1)) * c3 + h * d));
         for jp in 0..key_panels {
-            tile(d, q_rows, s.kt.as_ptr().add(jp * d * NR), &mut acc);
+            tile(d, q_rows, s.kt.as_ptr().add(jp * d * NR), NR, &mut acc);
+            let cols = NR.min(n - jp * NR);
+            let keys = jp * NR..jp * NR + cols;
             for (i, a) in acc.iter().enumerate().take(rows) {
-                let row = &mut s.scores[i * npad + jp * NR..][..NR];
+                let row = &mut s.scores[i * npad + jp * NR..][..cols];
                 let q = q0 + i;
-                let cols = NR.min(n - jp * NR);
-                let keys = jp * NR..jp * NR + cols;
                 // In the reference's order: (q·kᵀ)·scale + bias, then the mask.
                 match bias {
                     ScoreBias::None => {
-                        for (r, &v) in row.iter_mut().zip(&a[..cols]) {
+                        for (r, &v) in row.iter_mut().zip(a) {
                             *r = v * scale;
                         }
                     }
                     ScoreBias::Table { table, labels } => {
                         let t = &table[q * n + keys.start..q * n + keys.end];
-                        for ((r, &v), &b) in row.iter_mut().zip(&a[..cols]).zip(t) {
+                        for ((r, &v), &b) in row.iter_mut().zip(a).zip(t) {
                             *r = v * scale + b;
                         }
                         if let Some(l) = labels {
-                            for (r, &lk) in row.iter_mut().zip(&l[keys]) {
+                            for (r, &lk) in row.iter_mut().zip(&l[keys.clone()]) {
                                 if lk != l[q] {
                                     *r += SHIFT_MASK_VALUE;
                                 }
@@ -322,27 +319,79 @@ unsafe fn head_body(
                         }
                     }
                     ScoreBias::PerKey(k) => {
-                        for ((r, &v), &b) in row.iter_mut().zip(&a[..cols]).zip(&k[keys]) {
+                        for ((r, &v), &b) in row.iter_mut().zip(a).zip(&k[keys.clone()]) {
                             *r = v * scale + b;
                         }
                     }
                 }
             }
         }
-        for i in 0..rows {
-            simd::softmax(&mut s.scores[i * npad..i * npad + n]);
+        let mut inv = [0f32; MR];
+        for (i, inv) in inv.iter_mut().enumerate().take(rows) {
+            *inv = 1.0 / simd::exp_shifted(&mut s.scores[i * npad..i * npad + n]);
         }
         let p_rows: [*const f32; MR] =
             std::array::from_fn(|i| s.scores.as_ptr().add(i.min(rows - 1) * npad));
         for dp in 0..d_panels {
-            tile(n, p_rows, s.v.as_ptr().add(dp * n * NR), &mut acc);
+            tile(n, p_rows, v.add(dp * v_panel), v_stride, &mut acc);
             let cols = NR.min(d - dp * NR);
             for (i, a) in acc.iter().enumerate().take(rows) {
-                let dst = o.add((q0 + i) * c + h * d + dp * NR);
-                std::ptr::copy_nonoverlapping(a.as_ptr(), dst, cols);
+                let dst =
+                    std::slice::from_raw_parts_mut(o.add((q0 + i) * c + h * d + dp * NR), cols);
+                for (d, &v) in dst.iter_mut().zip(a) {
+                    *d = v * inv[i];
+                }
             }
         }
         q0 += MR;
+    }
+}
+
+/// kᵀ of head `h` as ⌈n/NR⌉ panels of `d × NR` (`kt[jp][kk][j]` = dim kk of
+/// key jp·NR + j; keys past n zero). AVX2 moves 8 keys × 8 dims at a time
+/// through a register transpose.
+#[inline(always)]
+fn pack_keys(x: &[f32], n: usize, c: usize, d: usize, h: usize, kt: &mut Vec<f32>) {
+    let c3 = 3 * c;
+    let key_panels = n.div_ceil(NR);
+    kt.resize(key_panels * d * NR, 0.0);
+    // Only a partial last panel has keys to zero.
+    if !n.is_multiple_of(NR) {
+        kt[(key_panels - 1) * d * NR..].fill(0.0);
+    }
+    let key = |j: usize| &x[j * c3 + c + h * d..][..d];
+    let (mut done_keys, mut done_dims) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if simd::has_avx2_fma() {
+        // SAFETY: AVX2 checked; blocks are whole 8 × 8 inside n keys × d
+        // dims of head h, whose keys sit at x[j·3c + c + h·d..].
+        unsafe { pack_keys_avx2(&x[c + h * d..], c3, n, d, kt) };
+        (done_keys, done_dims) = (n - n % 8, d - d % 8);
+    }
+    for j in 0..n {
+        let (jp, jj) = (j / NR, j % NR);
+        let from = if j < done_keys { done_dims } else { 0 };
+        for (kk, &v) in key(j).iter().enumerate().skip(from) {
+            kt[(jp * d + kk) * NR + jj] = v;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_keys_avx2(keys: &[f32], stride: usize, n: usize, d: usize, kt: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k = keys.as_ptr();
+    for j0 in (0..n - n % 8).step_by(8) {
+        let (jp, jj) = (j0 / NR, j0 % NR);
+        for k0 in (0..d - d % 8).step_by(8) {
+            let rows: [__m256; 8] =
+                std::array::from_fn(|i| _mm256_loadu_ps(k.add((j0 + i) * stride + k0)));
+            let cols = simd::avx2::transpose8(rows);
+            for (kk, col) in cols.iter().enumerate() {
+                _mm256_storeu_ps(kt.as_mut_ptr().add((jp * d + k0 + kk) * NR + jj), *col);
+            }
+        }
     }
 }
 

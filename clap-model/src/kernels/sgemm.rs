@@ -12,11 +12,23 @@
 //! - each output tile gets bias, activation, residual and a row scatter (the
 //!   reverse window order) while it is still in registers ([`Epilogue`]).
 //!
-//! The loops are BLIS's (Goto's): K in blocks of [`KC`] so that a `KC × NR`
+//! The loops are BLIS's (Goto's): K in blocks of `kc` so that a `kc × NR`
 //! panel of W stays in L1 while [`MC`] rows of the left operand stream from
 //! L2 through an `MR × NR` microkernel (6×16, twelve AVX2 accumulators).
+//! With AVX-512 the tile is 12×32, two micro-panels of the left operand
+//! against two panels of W, in 24 512-bit accumulators, and K blocks are
+//! deeper ([`Isa::kc`]).
 //! Work is split over rayon's threads by row blocks, and by column panels
-//! where there are too few rows (a text query, the last audio stage).
+//! where there are too few rows (a text query, the last audio stage); with
+//! few rows W streams from memory, so the first micro-panel of each panel
+//! prefetches the next panel into L2.
+//!
+//! Measured with 2 threads (`cargo test --release -p clap-model --lib
+//! sgemm_speed -- --ignored --nocapture`) on the audio tower's large
+//! products: 66–72 GFLOP/s on a 2-core AMD EPYC with AVX2 (f32 peak 78)
+//! where candle's `gemm` gave 61–68; 237–260 on a 2-core Xeon with AVX-512
+//! (peak 378) where `gemm` gave 135–157 and the AVX2 path 164–175. A text
+//! query's 10 rows: 1.5–2.2× `gemm`.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -30,11 +42,54 @@ use crate::config::Activation;
 pub(crate) const MR: usize = 6;
 /// Columns of the microkernel's tile (two AVX2 registers).
 pub(crate) const NR: usize = 16;
-/// Depth of one packed block: a `KC × NR` panel of W is 16 KiB (L1).
-/// KC and MC measured best of 192–512 and 96–432 on the audio tower's shapes.
-const KC: usize = 256;
-/// Rows of the left operand packed at a time: `MC × KC` is 288 KiB (L2).
+/// Rows of the left operand packed at a time: `MC × kc` is 288 KiB (AVX2)
+/// or 576 KiB (AVX-512) of L2.
 const MC: usize = 288;
+
+/// The instruction sets the microkernel has a path for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Portable,
+    /// 6×16 tiles, twelve 256-bit accumulators.
+    Avx2,
+    /// 6×32 tiles (two panels of W at once), twelve 512-bit accumulators.
+    Avx512,
+}
+
+impl Isa {
+    /// Depth of one packed K block. A deeper block means fewer passes over
+    /// the output (each K block after the first adds to it); with AVX2 a
+    /// `kc × NR` panel of W is kept in a 32 KiB L1. Measured best of
+    /// 128–1024 on the audio tower's shapes: 256 on a 2-core AMD EPYC (AVX2),
+    /// 512 on a 2-core Xeon with AVX-512 (60 % less time re-reading and
+    /// re-writing partial sums; W then streams from L2).
+    pub fn kc(self) -> usize {
+        match self {
+            Isa::Avx512 => 512,
+            _ => 256,
+        }
+    }
+
+    /// The widest this CPU runs.
+    pub fn best() -> Self {
+        if super::simd::has_avx512() {
+            Isa::Avx512
+        } else if super::simd::has_avx2_fma() {
+            Isa::Avx2
+        } else {
+            Isa::Portable
+        }
+    }
+
+    /// Whether this CPU runs `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            Isa::Avx2 => super::simd::has_avx2_fma(),
+            Isa::Avx512 => super::simd::has_avx512(),
+        }
+    }
+}
 
 /// A 64-byte aligned buffer of f32 (whole cache lines for the microkernel).
 pub(crate) struct AlignedBuf {
@@ -69,11 +124,12 @@ impl AlignedBuf {
 }
 
 /// The weight `W` `(n, k)` of a linear layer, packed as the right operand
-/// `Wᵀ` of the microkernel: K in blocks of [`KC`] rows, each block ⌈n/NR⌉
-/// panels of `kc × NR` values, columns past `n` zero.
+/// `Wᵀ` of the microkernel: K in blocks of `kc` rows ([`Isa::kc`] of this
+/// CPU), each block ⌈n/NR⌉ panels of `kc × NR` values, columns past `n` zero.
 pub(crate) struct PackedMatrix {
     k: usize,
     n: usize,
+    kc: usize,
     panels: usize,
     data: AlignedBuf,
 }
@@ -88,8 +144,9 @@ impl PackedMatrix {
         let mut data = AlignedBuf::zeroed(k * panels * NR);
         let out = data.as_mut_slice();
         let mut at = 0;
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
+        let block_depth = Isa::best().kc();
+        for k0 in (0..k).step_by(block_depth) {
+            let kc = block_depth.min(k - k0);
             for p in 0..panels {
                 for kk in 0..kc {
                     for j in 0..NR {
@@ -102,7 +159,13 @@ impl PackedMatrix {
                 }
             }
         }
-        Ok(Self { k, n, panels, data })
+        Ok(Self {
+            k,
+            n,
+            kc: block_depth,
+            panels,
+            data,
+        })
     }
 
     /// Output width.
@@ -388,6 +451,21 @@ pub(crate) fn gemm(
     epilogue: &Epilogue,
     out: &mut [f32],
 ) -> Result<()> {
+    gemm_on(Isa::best(), lhs, m, w, epilogue, out)
+}
+
+/// [`gemm`] with the microkernel for `isa`, which this CPU must run.
+pub(crate) fn gemm_on(
+    isa: Isa,
+    lhs: &Lhs,
+    m: usize,
+    w: &PackedMatrix,
+    epilogue: &Epilogue,
+    out: &mut [f32],
+) -> Result<()> {
+    if !isa.available() {
+        bail!("sgemm: this CPU does not run {isa:?}");
+    }
     check(lhs, m, w, epilogue, out.len())?;
     if m == 0 {
         return Ok(());
@@ -410,7 +488,7 @@ pub(crate) fn gemm(
     let run = |(rows, panels): &(Range<usize>, Range<usize>)| {
         // SAFETY: tasks cover disjoint (row, column) ranges of `out`,
         // whose bounds were checked; output row maps are checked injective.
-        unsafe { run_task(lhs, w, epilogue, ptr, rows.clone(), panels.clone()) }
+        unsafe { run_task(isa, lhs, w, epilogue, ptr, rows.clone(), panels.clone()) }
     };
     if tasks.len() == 1 {
         run(&tasks[0]);
@@ -436,7 +514,15 @@ pub(crate) unsafe fn gemm_serial(
 ) -> Result<()> {
     check(lhs, m, w, epilogue, out_len)?;
     if m > 0 {
-        run_task(lhs, w, epilogue, OutPtr(out), 0..m, 0..w.panels);
+        run_task(
+            Isa::best(),
+            lhs,
+            w,
+            epilogue,
+            OutPtr(out),
+            0..m,
+            0..w.panels,
+        );
     }
     Ok(())
 }
@@ -498,6 +584,7 @@ fn split(m: usize, panels: usize, threads: usize) -> (usize, usize) {
 /// `out` must point to `(m, n)` values, and no other task may write the
 /// rows (after scatter) × columns of this one.
 unsafe fn run_task(
+    isa: Isa,
     lhs: &Lhs,
     w: &PackedMatrix,
     epi: &Epilogue,
@@ -505,14 +592,16 @@ unsafe fn run_task(
     rows: Range<usize>,
     panels: Range<usize>,
 ) {
-    SCRATCH.with(|s| run_block_loops(lhs, w, epi, out, rows, panels, &mut s.borrow_mut()))
+    SCRATCH.with(|s| run_block_loops(isa, lhs, w, epi, out, rows, panels, &mut s.borrow_mut()))
 }
 
 /// The loops of [`run_task`] with this thread's packing space.
 ///
 /// # Safety
 /// As [`run_task`].
+#[allow(clippy::too_many_arguments)]
 unsafe fn run_block_loops(
+    isa: Isa,
     lhs: &Lhs,
     w: &PackedMatrix,
     epi: &Epilogue,
@@ -530,7 +619,7 @@ unsafe fn run_block_loops(
         }
         let mut k0 = 0;
         while k0 < k {
-            let kc = KC.min(k - k0);
+            let kc = w.kc.min(k - k0);
             // Two values of room past the last micro-panel for the packing's
             // full-width stores.
             let a_len = mc.div_ceil(MR) * MR * kc + 2;
@@ -545,9 +634,7 @@ unsafe fn run_block_loops(
                 rows: mc,
                 n: w.n,
             };
-            for p in panels.clone() {
-                microkernel::panel(&block, a, w.panel(k0, kc, p), p * NR, epi, out.0);
-            }
+            microkernel::panels(isa, &block, a, w, k0, panels.clone(), epi, out.0);
             k0 += kc;
         }
         ic += mc;
@@ -667,33 +754,7 @@ unsafe fn interleave_avx2(src: &[&[f32]; MR], norm: Option<&Norm>, dst: &mut [f3
                 *v = _mm256_fmadd_ps(_mm256_mul_ps(centred, _mm256_set1_ps(rstd)), g, b);
             }
         }
-        // 8×8 transpose: column k of the 8 rows into cols[k].
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        let cols = [
-            _mm256_permute2f128_ps::<0x20>(s0, s4),
-            _mm256_permute2f128_ps::<0x20>(s1, s5),
-            _mm256_permute2f128_ps::<0x20>(s2, s6),
-            _mm256_permute2f128_ps::<0x20>(s3, s7),
-            _mm256_permute2f128_ps::<0x31>(s0, s4),
-            _mm256_permute2f128_ps::<0x31>(s1, s5),
-            _mm256_permute2f128_ps::<0x31>(s2, s6),
-            _mm256_permute2f128_ps::<0x31>(s3, s7),
-        ];
+        let cols = super::simd::avx2::transpose8(r);
         for (k, col) in cols.iter().enumerate() {
             _mm256_storeu_ps(out.add((c + k) * MR), *col);
         }
@@ -714,51 +775,72 @@ struct Block {
 }
 
 pub(crate) mod microkernel {
-    use super::{Block, Epilogue, MR, NR};
+    use std::ops::Range;
+
+    use super::{Block, Epilogue, Isa, PackedMatrix, MR, NR};
 
     /// `acc = A · B` for one `MR × NR` tile, `kc` deep: A is `MR` row
     /// pointers (`rows[i][k]`; rows past the tile's may repeat a valid one),
-    /// `b` a panel of `kc × NR` (`b[k·NR + j]`). For the small products of
-    /// the attention, where the tile's values are worked on outside
-    /// registers.
+    /// B `kc` rows of `NR` values, `b_stride` apart (`b[k·b_stride + j]`).
+    /// For the small products of the attention, where the tile's values are
+    /// worked on outside registers.
     ///
     /// # Safety
-    /// Each row must hold `kc` values, `b` `kc × NR`.
+    /// Each row must hold `kc` values, `b` `kc` rows of `NR` at `b_stride`.
     #[inline(always)]
     pub unsafe fn tile(
         kc: usize,
         rows: [*const f32; MR],
         b: *const f32,
+        b_stride: usize,
         acc: &mut [[f32; NR]; MR],
     ) {
         #[cfg(target_arch = "x86_64")]
-        if super::super::simd::has_avx2_fma() {
-            return avx2::tile_to(kc, rows, b, acc);
+        {
+            if super::super::simd::has_avx512() {
+                return avx512::tile_to(kc, rows, b, b_stride, acc);
+            }
+            if super::super::simd::has_avx2_fma() {
+                return avx2::tile_to(kc, rows, b, b_stride, acc);
+            }
         }
-        portable::tile_to(kc, rows, b, acc)
+        portable::tile_to(kc, rows, b, b_stride, acc)
     }
 
-    /// All micro-panels of a packed row block against one packed panel of W
-    /// (columns `col0..col0+NR`), stored through the epilogue.
+    /// All micro-panels of a packed row block against the packed panels
+    /// `panels` of W's K block at `k0`, stored through the epilogue.
     ///
     /// # Safety
     /// `out` holds the rows the epilogue maps to; `a` holds `⌈rows/MR⌉`
-    /// micro-panels of `MR × kc`, `b` one panel of `kc × NR`.
-    pub(super) unsafe fn panel(
+    /// micro-panels of `MR × kc`; `isa` runs here.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn panels(
+        isa: Isa,
         block: &Block,
         a: &[f32],
-        b: &[f32],
-        col0: usize,
+        w: &PackedMatrix,
+        k0: usize,
+        panels: Range<usize>,
         epi: &Epilogue,
         out: *mut f32,
     ) {
         debug_assert!(a.len() >= block.rows.div_ceil(MR) * MR * block.kc);
-        debug_assert!(b.len() >= block.kc * NR);
-        #[cfg(target_arch = "x86_64")]
-        if super::super::simd::has_avx2_fma() {
-            return avx2::panel(block, a, b, col0, epi, out);
+        let kc = block.kc;
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::panels(block, a, w, k0, panels, epi, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                for p in panels {
+                    avx2::panel(block, a, w.panel(k0, kc, p), p * NR, epi, out)
+                }
+            }
+            _ => {
+                for p in panels {
+                    portable::panel(block, a, w.panel(k0, kc, p), p * NR, epi, out)
+                }
+            }
         }
-        portable::panel(block, a, b, col0, epi, out)
     }
 
     /// One row of a tile through the epilogue, `cols` values: the scalar
@@ -800,11 +882,12 @@ pub(crate) mod microkernel {
             kc: usize,
             rows: [*const f32; MR],
             b: *const f32,
+            b_stride: usize,
             acc: &mut [[f32; NR]; MR],
         ) {
             *acc = [[0f32; NR]; MR];
             for kk in 0..kc {
-                let bv = std::slice::from_raw_parts(b.add(kk * NR), NR);
+                let bv = std::slice::from_raw_parts(b.add(kk * b_stride), NR);
                 for (row, a) in acc.iter_mut().zip(rows) {
                     let av = *a.add(kk);
                     for (c, &bj) in row.iter_mut().zip(bv) {
@@ -856,9 +939,10 @@ pub(crate) mod microkernel {
             kc: usize,
             rows: [*const f32; MR],
             b: *const f32,
+            b_stride: usize,
             out: &mut [[f32; NR]; MR],
         ) {
-            let acc = tile_rows(kc, rows, b);
+            let acc = tile_rows(kc, rows, b, b_stride);
             for (o, c) in out.iter_mut().zip(&acc) {
                 _mm256_storeu_ps(o.as_mut_ptr(), c[0]);
                 _mm256_storeu_ps(o.as_mut_ptr().add(8), c[1]);
@@ -876,13 +960,7 @@ pub(crate) mod microkernel {
         ) {
             let kc = block.kc;
             let cols = NR.min(block.n - col0);
-            let bias = match epi.bias {
-                Some(bias) if block.last && cols == NR => Some((
-                    _mm256_loadu_ps(bias.as_ptr().add(col0)),
-                    _mm256_loadu_ps(bias.as_ptr().add(col0 + 8)),
-                )),
-                _ => None,
-            };
+            let bias = bias_of(block, epi, col0, cols);
             let bp = b.as_ptr();
             let mut r0 = 0;
             while r0 < block.rows {
@@ -918,6 +996,24 @@ pub(crate) mod microkernel {
                     _ => run!(1),
                 }
                 r0 += MR;
+            }
+        }
+
+        /// The bias of a full panel's 16 columns, for a tile's last K block.
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        pub(super) unsafe fn bias_of(
+            block: &Block,
+            epi: &Epilogue,
+            col0: usize,
+            cols: usize,
+        ) -> Option<(__m256, __m256)> {
+            match epi.bias {
+                Some(bias) if block.last && cols == NR => Some((
+                    _mm256_loadu_ps(bias.as_ptr().add(col0)),
+                    _mm256_loadu_ps(bias.as_ptr().add(col0 + 8)),
+                )),
+                _ => None,
             }
         }
 
@@ -970,7 +1066,12 @@ pub(crate) mod microkernel {
         /// As [`tile_packed`], A read from `MR` row pointers.
         #[target_feature(enable = "avx2,fma")]
         #[inline]
-        unsafe fn tile_rows(kc: usize, rows: [*const f32; MR], b: *const f32) -> [[__m256; 2]; MR] {
+        unsafe fn tile_rows(
+            kc: usize,
+            rows: [*const f32; MR],
+            b: *const f32,
+            b_stride: usize,
+        ) -> [[__m256; 2]; MR] {
             let mut c = [[_mm256_setzero_ps(); 2]; MR];
             let mut b = b;
             for k in 0..kc {
@@ -981,7 +1082,7 @@ pub(crate) mod microkernel {
                     ci[0] = _mm256_fmadd_ps(ai, b0, ci[0]);
                     ci[1] = _mm256_fmadd_ps(ai, b1, ci[1]);
                 }
-                b = b.add(NR);
+                b = b.add(b_stride);
             }
             c
         }
@@ -989,7 +1090,7 @@ pub(crate) mod microkernel {
         #[target_feature(enable = "avx2,fma")]
         #[inline]
         #[allow(clippy::too_many_arguments)]
-        unsafe fn store<const R: usize>(
+        pub(super) unsafe fn store<const R: usize>(
             acc: &[[__m256; 2]; R],
             block: &Block,
             r0: usize,
@@ -1036,6 +1137,292 @@ pub(crate) mod microkernel {
                 _mm256_storeu_ps(o, v0);
                 _mm256_storeu_ps(o.add(8), v1);
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod avx512 {
+        use std::arch::x86_64::*;
+        use std::ops::Range;
+
+        use super::super::super::simd::avx512 as vmath;
+        use super::super::{Block, Epilogue, PackedMatrix, MR, NR};
+        use super::avx2;
+
+        /// Panels of W two at a time (the K block's panels lie one after
+        /// another, `kc·NR` apart): each step loads one 512-bit row of
+        /// each and broadcasts `R` values of A into `2R` FMAs, against
+        /// AVX2's one 256-bit row pair per `2R`. An odd last panel goes
+        /// through the AVX2 tile.
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn panels(
+            block: &Block,
+            a: &[f32],
+            w: &PackedMatrix,
+            k0: usize,
+            panels: Range<usize>,
+            epi: &Epilogue,
+            out: *mut f32,
+        ) {
+            let kc = block.kc;
+            let mut p = panels.start;
+            while p + 2 <= panels.end {
+                let b = w.panel(k0, kc, p);
+                debug_assert_eq!(w.panel(k0, kc, p + 1).as_ptr(), b.as_ptr().add(kc * NR));
+                let more = p + 4 <= panels.end;
+                pair(block, a, b.as_ptr(), p * NR, more, epi, out);
+                p += 2;
+            }
+            if p < panels.end {
+                avx2::panel(block, a, w.panel(k0, kc, p), p * NR, epi, out);
+            }
+        }
+
+        /// All micro-panels against panels at `b` and `b + kc·NR`, columns
+        /// `col0..col0 + 2·NR`; with `more`, the first micro-panel
+        /// prefetches the next pair.
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn pair(
+            block: &Block,
+            a: &[f32],
+            b: *const f32,
+            col0: usize,
+            more: bool,
+            epi: &Epilogue,
+            out: *mut f32,
+        ) {
+            let kc = block.kc;
+            let cols = [NR, NR.min(block.n - col0 - NR)];
+            let bias = [
+                avx2::bias_of(block, epi, col0, cols[0]),
+                avx2::bias_of(block, epi, col0 + NR, cols[1]),
+            ];
+            let mut r0 = 0;
+            // Two micro-panels at a time: 24 accumulators, half the loads
+            // of W per FMA.
+            while r0 + 2 * MR <= block.rows {
+                let ap = a.as_ptr().add(r0 * kc);
+                let next = (r0 == 0 && more).then(|| b.wrapping_add(2 * kc * NR));
+                let acc = tile2(kc, ap, ap.add(MR * kc), b, next);
+                for (part, acc) in acc.iter().enumerate() {
+                    store(acc, block, r0 + part * MR, col0, cols, bias, epi, out);
+                }
+                r0 += 2 * MR;
+            }
+            while r0 < block.rows {
+                let rows = MR.min(block.rows - r0);
+                let ap = a.as_ptr().add(r0 * kc);
+                let next = (r0 == 0 && more).then(|| b.wrapping_add(2 * kc * NR));
+                macro_rules! run {
+                    ($r:literal) => {{
+                        let acc = tile::<$r>(kc, ap, b, next);
+                        store(&acc, block, r0, col0, cols, bias, epi, out);
+                    }};
+                }
+                match rows {
+                    6 => run!(6),
+                    5 => run!(5),
+                    4 => run!(4),
+                    3 => run!(3),
+                    2 => run!(2),
+                    _ => run!(1),
+                }
+                r0 += MR;
+            }
+        }
+
+        /// [`super::tile`]: one 512-bit row of B per step, `MR` FMAs.
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        pub unsafe fn tile_to(
+            kc: usize,
+            rows: [*const f32; MR],
+            b: *const f32,
+            b_stride: usize,
+            out: &mut [[f32; NR]; MR],
+        ) {
+            // Even and odd k in separate accumulators: six chains alone
+            // would wait on the FMA latency.
+            let mut c = [[_mm512_setzero_ps(); MR]; 2];
+            let mut b = b;
+            for k in (0..kc - kc % 2).step_by(2) {
+                let w0 = _mm512_loadu_ps(b);
+                let w1 = _mm512_loadu_ps(b.add(b_stride));
+                for (i, row) in rows.iter().enumerate() {
+                    c[0][i] = _mm512_fmadd_ps(_mm512_set1_ps(*row.add(k)), w0, c[0][i]);
+                    c[1][i] = _mm512_fmadd_ps(_mm512_set1_ps(*row.add(k + 1)), w1, c[1][i]);
+                }
+                b = b.add(2 * b_stride);
+            }
+            if kc % 2 == 1 {
+                let w = _mm512_loadu_ps(b);
+                for (ci, row) in c[0].iter_mut().zip(&rows) {
+                    *ci = _mm512_fmadd_ps(_mm512_set1_ps(*row.add(kc - 1)), w, *ci);
+                }
+            }
+            for ((o, even), odd) in out.iter_mut().zip(&c[0]).zip(&c[1]) {
+                _mm512_storeu_ps(o.as_mut_ptr(), _mm512_add_ps(*even, *odd));
+            }
+        }
+
+        /// A tile of `R` rows × the pair's columns through the epilogue:
+        /// 512-bit where the second panel is whole, else as AVX2 halves.
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[inline]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn store<const R: usize>(
+            acc: &[[__m512; 2]; R],
+            block: &Block,
+            r0: usize,
+            col0: usize,
+            cols: [usize; 2],
+            bias: [Option<(__m256, __m256)>; 2],
+            epi: &Epilogue,
+            out: *mut f32,
+        ) {
+            if cols[1] < NR {
+                for (half, (&cols, bias)) in cols.iter().zip(bias).enumerate() {
+                    let ymm: [[__m256; 2]; R] = std::array::from_fn(|i| halves(acc[i][half]));
+                    avx2::store(&ymm, block, r0, col0 + half * NR, cols, bias, epi, out);
+                }
+                return;
+            }
+            let bias = match epi.bias {
+                Some(b) if block.last => Some([
+                    _mm512_loadu_ps(b.as_ptr().add(col0)),
+                    _mm512_loadu_ps(b.as_ptr().add(col0 + NR)),
+                ]),
+                _ => None,
+            };
+            for (i, c) in acc.iter().enumerate() {
+                let r = block.row0 + r0 + i;
+                let o = out.add(epi.row(r) * block.n + col0);
+                let mut v = *c;
+                if !block.first {
+                    v[0] = _mm512_add_ps(v[0], _mm512_loadu_ps(o));
+                    v[1] = _mm512_add_ps(v[1], _mm512_loadu_ps(o.add(NR)));
+                }
+                if block.last {
+                    if let Some(b) = bias {
+                        v[0] = _mm512_add_ps(v[0], b[0]);
+                        v[1] = _mm512_add_ps(v[1], b[1]);
+                    }
+                    if let Some(act) = epi.act {
+                        v[0] = vmath::act(v[0], act);
+                        v[1] = vmath::act(v[1], act);
+                    }
+                    if let Some(res) = &epi.residual {
+                        let rp = res.values.as_ptr().add(res.row(r) * block.n + col0);
+                        v[0] = _mm512_add_ps(v[0], _mm512_loadu_ps(rp));
+                        v[1] = _mm512_add_ps(v[1], _mm512_loadu_ps(rp.add(NR)));
+                    }
+                }
+                _mm512_storeu_ps(o, v[0]);
+                _mm512_storeu_ps(o.add(NR), v[1]);
+            }
+        }
+
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[inline]
+        unsafe fn halves(v: __m512) -> [__m256; 2] {
+            let hi = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v));
+            [_mm512_castps512_ps256(v), _mm256_castpd_ps(hi)]
+        }
+
+        /// [`tile`] for two full micro-panels at `a0` and `a1`.
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[inline]
+        unsafe fn tile2(
+            kc: usize,
+            a0: *const f32,
+            a1: *const f32,
+            b: *const f32,
+            prefetch: Option<*const f32>,
+        ) -> [[[__m512; 2]; MR]; 2] {
+            let mut c = [[[_mm512_setzero_ps(); 2]; MR]; 2];
+            let (mut a0, mut a1, mut b0) = (a0, a1, b);
+            let mut b1 = b.add(kc * NR);
+            macro_rules! step {
+                () => {
+                    let w0 = _mm512_loadu_ps(b0);
+                    let w1 = _mm512_loadu_ps(b1);
+                    for (part, a) in [a0, a1].into_iter().enumerate() {
+                        for (i, ci) in c[part].iter_mut().enumerate() {
+                            let ai = _mm512_set1_ps(*a.add(i));
+                            ci[0] = _mm512_fmadd_ps(ai, w0, ci[0]);
+                            ci[1] = _mm512_fmadd_ps(ai, w1, ci[1]);
+                        }
+                    }
+                    a0 = a0.add(MR);
+                    a1 = a1.add(MR);
+                    b0 = b0.add(NR);
+                    b1 = b1.add(NR);
+                };
+            }
+            match prefetch {
+                Some(mut p) => {
+                    for _ in 0..kc {
+                        _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
+                        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(NR) as *const i8);
+                        p = p.wrapping_add(2 * NR);
+                        step!();
+                    }
+                }
+                None => {
+                    for _ in 0..kc {
+                        step!();
+                    }
+                }
+            }
+            c
+        }
+
+        /// `R × 2` accumulators: rows of a packed micro-panel (`a[k·MR +
+        /// i]`) against the panel pair, `kc` deep. Each element sums its
+        /// products in the same order as the AVX2 tile: the two paths agree
+        /// to the bit.
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[inline]
+        unsafe fn tile<const R: usize>(
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            prefetch: Option<*const f32>,
+        ) -> [[__m512; 2]; R] {
+            let mut c = [[_mm512_setzero_ps(); 2]; R];
+            let (mut a, mut b0) = (a, b);
+            let mut b1 = b.add(kc * NR);
+            macro_rules! step {
+                () => {
+                    let w0 = _mm512_loadu_ps(b0);
+                    let w1 = _mm512_loadu_ps(b1);
+                    for (i, ci) in c.iter_mut().enumerate() {
+                        let ai = _mm512_set1_ps(*a.add(i));
+                        ci[0] = _mm512_fmadd_ps(ai, w0, ci[0]);
+                        ci[1] = _mm512_fmadd_ps(ai, w1, ci[1]);
+                    }
+                    a = a.add(MR);
+                    b0 = b0.add(NR);
+                    b1 = b1.add(NR);
+                };
+            }
+            match prefetch {
+                // The pair is 2·kc lines: two per step.
+                Some(mut p) => {
+                    for _ in 0..kc {
+                        _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
+                        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(NR) as *const i8);
+                        p = p.wrapping_add(2 * NR);
+                        step!();
+                    }
+                }
+                None => {
+                    for _ in 0..kc {
+                        step!();
+                    }
+                }
+            }
+            c
         }
     }
 }
@@ -1132,6 +1519,7 @@ mod tests {
             (290, 300, 33),
             (600, 70, 130),
             (64, 513, 48),
+            (31, 40, 200),
         ] {
             let x = values(m * k, 1);
             let w = values(n * k, 2);
@@ -1152,14 +1540,29 @@ mod tests {
                 },
             ] {
                 let lhs = Lhs::rows(&x, k);
+                let want = reference(&lhs, m, &w, n, &epi, m);
+                // Every microkernel this CPU runs; the SIMD ones sum each
+                // element's products in one order, so agree to the bit.
+                let mut simd: Option<(Isa, Vec<f32>)> = None;
+                for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+                    if !isa.available() {
+                        println!("{isa:?}: not on this CPU, skipped");
+                        continue;
+                    }
+                    let mut got = vec![0f32; m * n];
+                    gemm_on(isa, &lhs, m, &packed, &epi, &mut got).unwrap();
+                    compare(&format!("{isa:?} {m}x{k}x{n}"), &got, &want, k);
+                    match &simd {
+                        Some((first, values)) => {
+                            assert_eq!(&got, values, "{isa:?} against {first:?}: {m}x{k}x{n}")
+                        }
+                        None if isa != Isa::Portable => simd = Some((isa, got)),
+                        None => {}
+                    }
+                }
                 let mut out = vec![0f32; m * n];
                 gemm(&lhs, m, &packed, &epi, &mut out).unwrap();
-                compare(
-                    &format!("{m}x{k}x{n}"),
-                    &out,
-                    &reference(&lhs, m, &w, n, &epi, m),
-                    k,
-                );
+                compare(&format!("{m}x{k}x{n}"), &out, &want, k);
                 // One thread gives the same values.
                 let mut serial = vec![0f32; m * n];
                 unsafe { gemm_serial(&lhs, m, &packed, &epi, serial.as_mut_ptr(), m * n).unwrap() };
@@ -1361,12 +1764,20 @@ mod tests {
             let lhs = Lhs::rows(&x, k);
             let epi = Epilogue::default();
             let reps = (2e10 / (2.0 * (m * k * n) as f64)).clamp(3.0, 2000.0) as usize;
-            gemm(&lhs, m, &packed, &epi, &mut out).unwrap();
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                gemm(&lhs, m, &packed, &epi, &mut out).unwrap();
+            let gf = |s: f64| 2.0 * (m * k * n) as f64 / s / 1e9;
+            let mut ours = String::new();
+            for isa in [Isa::Avx2, Isa::Avx512]
+                .into_iter()
+                .filter(|i| i.available())
+            {
+                gemm_on(isa, &lhs, m, &packed, &epi, &mut out).unwrap();
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    gemm_on(isa, &lhs, m, &packed, &epi, &mut out).unwrap();
+                }
+                let secs = t.elapsed().as_secs_f64() / reps as f64;
+                ours += &format!("{isa:?} {:.1}, ", gf(secs));
             }
-            let ours = t.elapsed().as_secs_f64() / reps as f64;
             let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
             let wt = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap();
             let y = xt.matmul(&wt.t().unwrap()).unwrap();
@@ -1381,10 +1792,8 @@ mod tests {
                 .zip(&out)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            let gf = |s: f64| 2.0 * (m * k * n) as f64 / s / 1e9;
             println!(
-                "{m}x{k}x{n}: packed {:.1} GFLOP/s, candle {:.1} GFLOP/s, max diff {err:e}",
-                gf(ours),
+                "{m}x{k}x{n}: packed {ours}candle {:.1} GFLOP/s, max diff {err:e}",
                 gf(theirs)
             );
         }

@@ -78,6 +78,19 @@ pub fn act(x: f32, act: Option<Activation>) -> f32 {
     }
 }
 
+/// Whether the AVX-512 (F) paths can run here.
+#[inline(always)]
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2_fma() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the AVX2 + FMA paths can run here.
 #[inline(always)]
 pub fn has_avx2_fma() -> bool {
@@ -166,45 +179,22 @@ dispatch! {
     }
 }
 
-/// Softmax in place.
-pub fn softmax(row: &mut [f32]) {
+/// `row = exp(row − max(row))` in place; returns the sum: a softmax whose
+/// division by the sum is left to the caller (the attention divides its
+/// output rows, half as many values).
+pub fn exp_shifted(row: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { avx2::softmax(row) };
+        return unsafe { avx2::exp_shifted(row) };
     }
-    softmax_portable(row)
-}
-
-/// Softmax in place. Max and sum run in 8 lanes: a single running sum
-/// would chain every add behind the previous one.
-fn softmax_portable(row: &mut [f32]) {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        for (m, &v) in lanes.iter_mut().zip(c) {
-            *m = m.max(v);
-        }
-    }
-    let max = chunks.remainder().iter().fold(
-        lanes.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
-        |m, &v| m.max(v),
-    );
-    let mut sums = [0f32; 8];
-    let mut chunks = row.chunks_exact_mut(8);
-    for c in &mut chunks {
-        for (s, v) in sums.iter_mut().zip(c.iter_mut()) {
-            *v = exp(*v - max);
-            *s += *v;
-        }
-    }
-    let mut sum: f32 = sums.iter().sum();
-    for v in chunks.into_remainder() {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
         *v = exp(*v - max);
         sum += *v;
     }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|v| *v *= inv);
+    sum
 }
 
 /// AVX2 register versions of `exp`, `erf` and the activations, for tiles
@@ -247,10 +237,42 @@ pub(crate) mod avx2 {
         _mm256_mul_ps(y, _mm256_castsi256_ps(e))
     }
 
-    /// Softmax of `row` in place: max, then `exp(v − max)` and its sum,
-    /// then the scaling, 8 lanes at a time.
+    /// The 8×8 transpose: `out[k]` holds lane `k` of every `rows[i]`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn softmax(row: &mut [f32]) {
+    #[inline]
+    pub unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ]
+    }
+
+    /// `row = exp(row − max(row))` in place; returns the sum (a softmax
+    /// without its last division, which the caller folds in later).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_shifted(row: &mut [f32]) -> f32 {
         let n = row.len();
         let p = row.as_mut_ptr();
         let full = n - n % 8;
@@ -281,16 +303,7 @@ pub(crate) mod avx2 {
             *v = super::exp(*v - max);
             sum += *v;
         }
-        let inv = 1.0 / sum;
-        let iv = _mm256_set1_ps(inv);
-        let mut i = 0;
-        while i < full {
-            _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), iv));
-            i += 8;
-        }
-        for v in &mut row[full..] {
-            *v *= inv;
-        }
+        sum
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -353,6 +366,92 @@ pub(crate) mod avx2 {
     }
 }
 
+/// AVX-512 versions of [`avx2`]'s `exp`, `erf` and GELU, op for op (the
+/// same values), for the 512-bit tiles' epilogue.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{LN2_HI, LN2_LO, LOG2E};
+    use crate::config::Activation;
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    pub unsafe fn exp(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
+            _mm512_set1_ps(88.0),
+        );
+        // Round to nearest, no exceptions (scale 0).
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.398_199_9e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.333_452e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166_579_6e-2));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666_666_5e-1));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+        let y = _mm512_fmadd_ps(
+            _mm512_mul_ps(p, r),
+            r,
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvtps_epi32(n),
+            _mm512_set1_epi32(127),
+        ));
+        _mm512_mul_ps(y, _mm512_castsi512_ps(e))
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    pub unsafe fn erf(x: __m512) -> __m512 {
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let xi = _mm512_castps_si512(x);
+        let a = _mm512_castsi512_ps(_mm512_andnot_si512(sign, xi));
+        let one = _mm512_set1_ps(1.0);
+        let t = _mm512_div_ps(one, _mm512_fmadd_ps(_mm512_set1_ps(0.327_591_1), a, one));
+        let mut p = _mm512_set1_ps(1.061_405_4);
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453_152_1));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421_413_8));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284_496_74));
+        p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254_829_6));
+        p = _mm512_mul_ps(p, t);
+        let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a)));
+        let y = _mm512_castps_si512(_mm512_fnmadd_ps(p, e, one));
+        _mm512_castsi512_ps(_mm512_or_si512(y, _mm512_and_si512(xi, sign)))
+    }
+
+    /// The activation: GELU (the audio tower's and RoBERTa's) in 512-bit
+    /// registers, the others as two AVX2 halves.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[inline]
+    pub unsafe fn act(x: __m512, act: Activation) -> __m512 {
+        match act {
+            Activation::Gelu => {
+                let e = erf(_mm512_mul_ps(
+                    x,
+                    _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2),
+                ));
+                _mm512_mul_ps(
+                    _mm512_mul_ps(_mm512_set1_ps(0.5), x),
+                    _mm512_add_ps(_mm512_set1_ps(1.0), e),
+                )
+            }
+            other => {
+                let hi = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x));
+                let lo = super::avx2::act(_mm512_castps512_ps256(x), other);
+                let hi = super::avx2::act(_mm256_castpd_ps(hi), other);
+                let wide = _mm512_castpd256_pd512(_mm256_castps_pd(lo));
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(wide, _mm256_castps_pd(hi)))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +481,39 @@ mod tests {
         }
         assert!(worst < 1e-6, "worst absolute error {worst:e}");
         assert!(erf(0.0).abs() < 1e-7 && erf(-3.0) < -0.9999);
+    }
+
+    /// The AVX-512 versions give the AVX2 ones' values, to the bit.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_math_matches_avx2() {
+        if !has_avx512() {
+            println!("no AVX-512 on this CPU: skipped");
+            return;
+        }
+        use std::arch::x86_64::*;
+        let xs: Vec<f32> = (0..4000).map(|i| (i as f32 - 2000.0) * 0.004).collect();
+        for act in [
+            Activation::Gelu,
+            Activation::GeluNew,
+            Activation::Relu,
+            Activation::Tanh,
+            Activation::Silu,
+        ] {
+            for chunk in xs.chunks_exact(16) {
+                let (mut wide, mut halves) = ([0f32; 16], [0f32; 16]);
+                // SAFETY: AVX-512 (and so AVX2 and FMA) checked above.
+                unsafe {
+                    let v = avx512::act(_mm512_loadu_ps(chunk.as_ptr()), act);
+                    _mm512_storeu_ps(wide.as_mut_ptr(), v);
+                    for h in 0..2 {
+                        let v = avx2::act(_mm256_loadu_ps(chunk[8 * h..].as_ptr()), act);
+                        _mm256_storeu_ps(halves[8 * h..].as_mut_ptr(), v);
+                    }
+                }
+                assert_eq!(wide, halves, "{act:?} at {}", chunk[0]);
+            }
+        }
     }
 
     /// The register versions (AVX2) give the scalar ones' values.
@@ -419,21 +551,26 @@ mod tests {
     }
 
     #[test]
-    fn softmax_sums_to_one_and_keeps_order() {
+    fn exp_shifted_is_an_unnormalised_softmax() {
         for len in [6, 8, 13, 64] {
             let mut row: Vec<f32> = (0..len).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
             row[1] = 3.0;
             row[len - 1] = 3.0;
             row[2] = f32::MIN;
-            let mut portable = row.clone();
-            softmax(&mut row);
-            softmax_portable(&mut portable);
-            let sum: f32 = row.iter().sum();
-            assert!((sum - 1.0).abs() < 1e-6, "{sum}");
-            assert!(row[2] < 1e-30);
+            let want: Vec<f64> = row.iter().map(|&v| (f64::from(v) - 3.0).exp()).collect();
+            let sum = exp_shifted(&mut row);
+            assert!(
+                (f64::from(sum) - want.iter().sum::<f64>()).abs() < 1e-5,
+                "{sum}"
+            );
+            assert_eq!(row[1], 1.0);
             assert_eq!(row[1], row[len - 1]);
-            for (a, b) in row.iter().zip(&portable) {
-                assert!((a - b).abs() < 1e-7);
+            assert!(row[2] < 1e-30);
+            for (a, b) in row.iter().zip(&want) {
+                assert!(
+                    (f64::from(*a) - b).abs() < 1e-6 * b.max(1e-30) + 1e-37,
+                    "{a} {b}"
+                );
             }
         }
     }
