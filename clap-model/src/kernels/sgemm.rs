@@ -61,8 +61,9 @@ impl Isa {
     /// the output (each K block after the first adds to it); with AVX2 a
     /// `kc × NR` panel of W is kept in a 32 KiB L1. Measured best of
     /// 128–1024 on the audio tower's shapes: 256 on a 2-core AMD EPYC (AVX2),
-    /// 512 on a 2-core Xeon with AVX-512 (60 % less time re-reading and
-    /// re-writing partial sums; W then streams from L2).
+    /// 512 on a 2-core Xeon with AVX-512 (190–240 → 237–268 GFLOP/s: the
+    /// re-reads of partial sums had been 14 % of the audio tower's time; W
+    /// then streams from L2).
     pub fn kc(self) -> usize {
         match self {
             Isa::Avx512 => 512,
