@@ -859,6 +859,49 @@ async fn postgres_database_works() {
     pg.drop_database().await;
 }
 
+/// `traum ingest` in place: its summary counts every file this run processed, also
+/// those the workers finished while the scan was still running (small files on the
+/// tiny model often are), and a second run over the same folder none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_in_place_counts_what_it_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let music = dir.path().join("music");
+    std::fs::create_dir_all(&music).unwrap();
+    let files = 64;
+    for i in 0..files {
+        let tone = tone(200.0 + 50.0 * i as f32, 1.0, 0.5);
+        std::fs::write(music.join(format!("tone-{i}.wav")), wav_i16(48_000, &tone)).unwrap();
+    }
+    let ingest = || {
+        let mut cmd = tokio::process::Command::new(support::traum());
+        cmd.arg("ingest")
+            .arg("--no-progress")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--model")
+            .arg(support::tiny_model())
+            .arg(&music)
+            .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL");
+        cmd
+    };
+    let out = ingest().output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{files} processed, {files} indexed, 0 failed")),
+        "{stderr}"
+    );
+    let out = ingest().output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("0 processed, 0 indexed, 0 failed"),
+        "{stderr}"
+    );
+}
+
 /// `traum ingest --copy`: a folder imported recursively by extension, once; a second
 /// run skips what the library holds; the server then finds it all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

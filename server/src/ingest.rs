@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::cli::IngestArgs;
 use crate::error::rejection_message;
-use crate::events::ApiFileStatus;
+use crate::events::{ApiFileStatus, FileEventKind};
 use crate::serve::open_library;
 use crate::storage::{self, has_audio_extension};
 
@@ -119,13 +119,28 @@ async fn run_in_place(args: IngestArgs) -> Result<ExitCode> {
             names.insert(location.file_id, PathBuf::from(&location.path));
         }
     }
+    // The workers run during the scans: a file they queued may already be finished.
+    // Every file queued or moved on since before the scans is this run's (resync below
+    // counts the finished ones from their rows); events lost to a lag are not.
+    let mut touched: HashSet<Uuid> = HashSet::new();
+    loop {
+        match events.try_recv() {
+            Ok(e) if matches!(e.kind, FileEventKind::Added | FileEventKind::Status) => {
+                touched.extend(Uuid::parse_str(e.file_id.as_str()))
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+            Err(_) => break,
+        }
+    }
     let rows =
         entity::store::get_many(&library.db, &names.keys().copied().collect::<Vec<_>>()).await?;
     for row in rows.values() {
-        if !matches!(
+        let finished = matches!(
             row.status,
             entity::audio_file::FileStatus::Indexed | entity::audio_file::FileStatus::Failed
-        ) {
+        );
+        if !finished || touched.contains(&row.id) {
             pending.insert(row.id);
         }
     }
