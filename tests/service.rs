@@ -859,6 +859,28 @@ async fn postgres_database_works() {
     pg.drop_database().await;
 }
 
+/// `traum ingest` of `music` into `data` on the tiny model (`--copy`: imported).
+fn ingest_command(
+    data: &std::path::Path,
+    music: &std::path::Path,
+    copy: bool,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(support::traum());
+    cmd.arg("ingest");
+    if copy {
+        cmd.arg("--copy");
+    }
+    cmd.arg("--no-progress")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--model")
+        .arg(support::tiny_model())
+        .arg(music)
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL");
+    cmd
+}
+
 /// `traum ingest` in place: its summary counts every file this run processed, also
 /// those the workers finished while the scan was still running (small files on the
 /// tiny model often are), and a second run over the same folder none.
@@ -873,19 +895,7 @@ async fn ingest_in_place_counts_what_it_processed() {
         let tone = tone(200.0 + 50.0 * i as f32, 1.0, 0.5);
         std::fs::write(music.join(format!("tone-{i}.wav")), wav_i16(48_000, &tone)).unwrap();
     }
-    let ingest = || {
-        let mut cmd = tokio::process::Command::new(support::traum());
-        cmd.arg("ingest")
-            .arg("--no-progress")
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--model")
-            .arg(support::tiny_model())
-            .arg(&music)
-            .env("RUST_LOG", "warn")
-            .env_remove("DATABASE_URL");
-        cmd
-    };
+    let ingest = || ingest_command(&data, &music, false);
     let out = ingest().output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -923,20 +933,7 @@ async fn ingest_imports_a_folder_once() {
     .unwrap();
     std::fs::write(music.join("notes.txt"), "not audio").unwrap();
     std::fs::write(music.join("sub/broken.wav"), "not audio either").unwrap();
-    let ingest = || {
-        let mut cmd = tokio::process::Command::new(support::traum());
-        cmd.arg("ingest")
-            .arg("--copy")
-            .arg("--no-progress")
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--model")
-            .arg(support::tiny_model())
-            .arg(&music)
-            .env("RUST_LOG", "warn")
-            .env_remove("DATABASE_URL");
-        cmd
-    };
+    let ingest = || ingest_command(&data, &music, true);
     let out = ingest().output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

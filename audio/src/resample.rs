@@ -119,6 +119,32 @@ struct Design {
 }
 
 impl Design {
+    /// rubato's parameters for this design.
+    fn sinc_params(&self) -> SincInterpolationParameters {
+        SincInterpolationParameters {
+            sinc_len: self.sinc_len,
+            f_cutoff: self.f_cutoff,
+            oversampling_factor: self.oversampling,
+            interpolation: if self.exact {
+                SincInterpolationType::Nearest
+            } else {
+                SincInterpolationType::Cubic
+            },
+            window: WindowFunction::BlackmanHarris2,
+        }
+    }
+
+    /// rubato's resampler with our own dot product (the same filter, see [`Taps`]).
+    fn resampler(
+        &self,
+        ratio: f64,
+        chunk: usize,
+    ) -> std::result::Result<SincFixedIn<f32>, rubato::ResamplerConstructionError> {
+        let params = self.sinc_params();
+        let taps = Box::new(Taps::new(&params, ratio));
+        SincFixedIn::new_with_interpolator(ratio, 1.0, params.interpolation, taps, chunk, 1)
+    }
+
     fn for_rate(in_rate: u32) -> Design {
         let f_cutoff = if in_rate < MODEL_SAMPLE_RATE {
             F_CUTOFF_UP
@@ -290,30 +316,11 @@ impl StreamResampler {
 
 impl Engine {
     fn new(in_rate: u32, d: Design) -> Result<Engine> {
-        let params = SincInterpolationParameters {
-            sinc_len: d.sinc_len,
-            f_cutoff: d.f_cutoff,
-            oversampling_factor: d.oversampling,
-            interpolation: if d.exact {
-                SincInterpolationType::Nearest
-            } else {
-                SincInterpolationType::Cubic
-            },
-            window: WindowFunction::BlackmanHarris2,
-        };
         let chunk = MIN_CHUNK.max(4 * d.sinc_len);
         let ratio = f64::from(MODEL_SAMPLE_RATE) / f64::from(in_rate);
-        // rubato's resampler with our own dot product (same filter, see `Taps`).
-        let taps = Taps::new(&params, ratio);
-        let rs = SincFixedIn::<f32>::new_with_interpolator(
-            ratio,
-            1.0,
-            params.interpolation,
-            Box::new(taps),
-            chunk,
-            1,
-        )
-        .map_err(|e| resample_err(e.to_string()))?;
+        let rs = d
+            .resampler(ratio, chunk)
+            .map_err(|e| resample_err(e.to_string()))?;
         let out = rs.output_buffer_allocate(true);
         Ok(Engine {
             rs,
@@ -346,6 +353,8 @@ struct Taps {
     sincs: Vec<f32>,
     len: usize,
     phases: usize,
+    /// AVX2 and FMA here (asked once, not per output sample).
+    avx2: bool,
 }
 
 impl Taps {
@@ -382,10 +391,16 @@ impl Taps {
                 sincs[(factor - n - 1) * len + p] = y[factor * p + n] / sum;
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
         Self {
             sincs,
             len,
             phases: factor,
+            avx2,
         }
     }
 }
@@ -410,8 +425,7 @@ impl SincInterpolator<f32> for Taps {
         let taps = &self.sincs[subindex * self.len..(subindex + 1) * self.len];
         let wave = &wave[index..index + self.len];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if self.avx2 {
             // SAFETY: AVX2 and FMA checked; both slices hold `len` (a multiple of 8) values.
             return unsafe { dot_avx2(wave, taps) };
         }
@@ -517,30 +531,11 @@ mod tests {
     fn taps_match_rubato() {
         for rate in [44_100u32, 96_000, 44_101, 22_050] {
             let d = Design::for_rate(rate);
-            let params = || SincInterpolationParameters {
-                sinc_len: d.sinc_len,
-                f_cutoff: d.f_cutoff,
-                oversampling_factor: d.oversampling,
-                interpolation: if d.exact {
-                    SincInterpolationType::Nearest
-                } else {
-                    SincInterpolationType::Cubic
-                },
-                window: WindowFunction::BlackmanHarris2,
-            };
             let ratio = 48_000.0 / f64::from(rate);
             let chunk = 4096;
-            let mut theirs = SincFixedIn::<f32>::new(ratio, 1.0, params(), chunk, 1).unwrap();
-            let taps = Taps::new(&params(), ratio);
-            let mut ours = SincFixedIn::<f32>::new_with_interpolator(
-                ratio,
-                1.0,
-                params().interpolation,
-                Box::new(taps),
-                chunk,
-                1,
-            )
-            .unwrap();
+            let mut theirs =
+                SincFixedIn::<f32>::new(ratio, 1.0, d.sinc_params(), chunk, 1).unwrap();
+            let mut ours = d.resampler(ratio, chunk).unwrap();
             let mut state = 0x2545_f491_4f6c_dd1du64;
             let input: Vec<f32> = (0..chunk)
                 .map(|i| {

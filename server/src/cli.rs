@@ -325,9 +325,9 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     /// `--batch-size`, or the default for the device: 4 on the CPU (a clip
-    /// costs the same at batch 1 and 8 there, and a search waits behind at
-    /// most one batch: ~2 s on two cores), 128 on a GPU (which needs that
-    /// many windows to be busy).
+    /// costs within 20 % the same at batch 1 and 8 there, and a search waits
+    /// behind at most one batch: 0.5–2 s on two cores), 128 on a GPU (which
+    /// needs that many windows to be busy).
     pub fn batch_size(&self) -> usize {
         let gpu = match self.device {
             DeviceSpec::Cpu => false,

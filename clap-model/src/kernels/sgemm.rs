@@ -1205,7 +1205,7 @@ pub(crate) mod microkernel {
             while r0 + 2 * MR <= block.rows {
                 let ap = a.as_ptr().add(r0 * kc);
                 let next = (r0 == 0 && more).then(|| b.wrapping_add(2 * kc * NR));
-                let acc = tile2(kc, ap, ap.add(MR * kc), b, next);
+                let acc = tile::<2, MR>(kc, [ap, ap.add(MR * kc)], b, next);
                 for (part, acc) in acc.iter().enumerate() {
                     store(acc, block, r0 + part * MR, col0, cols, bias, epi, out);
                 }
@@ -1217,7 +1217,7 @@ pub(crate) mod microkernel {
                 let next = (r0 == 0 && more).then(|| b.wrapping_add(2 * kc * NR));
                 macro_rules! run {
                     ($r:literal) => {{
-                        let acc = tile::<$r>(kc, ap, b, next);
+                        let [acc] = tile::<1, $r>(kc, [ap], b, next);
                         store(&acc, block, r0, col0, cols, bias, epi, out);
                     }};
                 }
@@ -1330,79 +1330,33 @@ pub(crate) mod microkernel {
             [_mm512_castps512_ps256(v), _mm256_castpd_ps(hi)]
         }
 
-        /// [`tile`] for two full micro-panels at `a0` and `a1`.
+        /// `P × R × 2` accumulators: the first `R` rows of `P` packed
+        /// micro-panels (`a[p][k·MR + i]`) against the panel pair, `kc` deep.
+        /// Each element sums its products in the same order as the AVX2
+        /// tile: the two paths agree to the bit.
         #[target_feature(enable = "avx512f,avx2,fma")]
         #[inline]
-        unsafe fn tile2(
+        unsafe fn tile<const P: usize, const R: usize>(
             kc: usize,
-            a0: *const f32,
-            a1: *const f32,
+            a: [*const f32; P],
             b: *const f32,
             prefetch: Option<*const f32>,
-        ) -> [[[__m512; 2]; MR]; 2] {
-            let mut c = [[[_mm512_setzero_ps(); 2]; MR]; 2];
-            let (mut a0, mut a1, mut b0) = (a0, a1, b);
-            let mut b1 = b.add(kc * NR);
-            macro_rules! step {
-                () => {
-                    let w0 = _mm512_loadu_ps(b0);
-                    let w1 = _mm512_loadu_ps(b1);
-                    for (part, a) in [a0, a1].into_iter().enumerate() {
-                        for (i, ci) in c[part].iter_mut().enumerate() {
-                            let ai = _mm512_set1_ps(*a.add(i));
-                            ci[0] = _mm512_fmadd_ps(ai, w0, ci[0]);
-                            ci[1] = _mm512_fmadd_ps(ai, w1, ci[1]);
-                        }
-                    }
-                    a0 = a0.add(MR);
-                    a1 = a1.add(MR);
-                    b0 = b0.add(NR);
-                    b1 = b1.add(NR);
-                };
-            }
-            match prefetch {
-                Some(mut p) => {
-                    for _ in 0..kc {
-                        _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
-                        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(NR) as *const i8);
-                        p = p.wrapping_add(2 * NR);
-                        step!();
-                    }
-                }
-                None => {
-                    for _ in 0..kc {
-                        step!();
-                    }
-                }
-            }
-            c
-        }
-
-        /// `R × 2` accumulators: rows of a packed micro-panel (`a[k·MR +
-        /// i]`) against the panel pair, `kc` deep. Each element sums its
-        /// products in the same order as the AVX2 tile: the two paths agree
-        /// to the bit.
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        #[inline]
-        unsafe fn tile<const R: usize>(
-            kc: usize,
-            a: *const f32,
-            b: *const f32,
-            prefetch: Option<*const f32>,
-        ) -> [[__m512; 2]; R] {
-            let mut c = [[_mm512_setzero_ps(); 2]; R];
+        ) -> [[[__m512; 2]; R]; P] {
+            let mut c = [[[_mm512_setzero_ps(); 2]; R]; P];
             let (mut a, mut b0) = (a, b);
             let mut b1 = b.add(kc * NR);
             macro_rules! step {
                 () => {
                     let w0 = _mm512_loadu_ps(b0);
                     let w1 = _mm512_loadu_ps(b1);
-                    for (i, ci) in c.iter_mut().enumerate() {
-                        let ai = _mm512_set1_ps(*a.add(i));
-                        ci[0] = _mm512_fmadd_ps(ai, w0, ci[0]);
-                        ci[1] = _mm512_fmadd_ps(ai, w1, ci[1]);
+                    for (cp, ap) in c.iter_mut().zip(&mut a) {
+                        for (i, ci) in cp.iter_mut().enumerate() {
+                            let ai = _mm512_set1_ps(*ap.add(i));
+                            ci[0] = _mm512_fmadd_ps(ai, w0, ci[0]);
+                            ci[1] = _mm512_fmadd_ps(ai, w1, ci[1]);
+                        }
+                        *ap = ap.add(MR);
                     }
-                    a = a.add(MR);
                     b0 = b0.add(NR);
                     b1 = b1.add(NR);
                 };
