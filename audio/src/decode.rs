@@ -952,16 +952,18 @@ pub const FLUSH_TO_ZERO_BELOW: f32 = 1e-20;
 /// Replaces NaN and infinite samples by silence, clamps absurd magnitudes and flushes
 /// near-zero (subnormal) values to zero; returns how many samples were not finite.
 fn sanitize(samples: &mut [f32]) -> usize {
+    // Selects, not branches: the loop runs vectorised over every decoded sample.
     let mut nonfinite = 0;
     for s in samples.iter_mut() {
-        if !s.is_finite() {
-            *s = 0.0;
-            nonfinite += 1;
-        } else if s.abs() > MAX_SAMPLE_MAGNITUDE {
-            *s = s.clamp(-MAX_SAMPLE_MAGNITUDE, MAX_SAMPLE_MAGNITUDE);
-        } else if s.abs() < FLUSH_TO_ZERO_BELOW {
-            *s = 0.0;
-        }
+        let finite = s.is_finite();
+        nonfinite += usize::from(!finite);
+        let v = if finite { *s } else { 0.0 };
+        let v = v.clamp(-MAX_SAMPLE_MAGNITUDE, MAX_SAMPLE_MAGNITUDE);
+        *s = if v.abs() < FLUSH_TO_ZERO_BELOW {
+            0.0
+        } else {
+            v
+        };
     }
     nonfinite
 }

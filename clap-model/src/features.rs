@@ -465,7 +465,7 @@ impl MelFrontEnd {
     /// Shorter input is padded according to the config's padding mode.
     pub fn features(&self, samples: &[f32]) -> Result<Vec<f32>, FeaturesError> {
         let mut out = vec![0.0; self.n_frames * self.n_mels];
-        self.features_into(samples, &mut self.scratch(), &mut out)?;
+        self.with_scratch(|scratch| self.features_into(samples, scratch, &mut out))?;
         Ok(out)
     }
 
@@ -477,18 +477,20 @@ impl MelFrontEnd {
         }
         let per_window = self.n_frames * self.n_mels;
         let mut data = vec![0.0f32; windows.len() * per_window];
-        let mut scratch = self.scratch();
-        for (index, (window, out)) in windows
-            .iter()
-            .zip(data.chunks_exact_mut(per_window))
-            .enumerate()
-        {
-            self.features_into(window, &mut scratch, out)
-                .map_err(|e| FeaturesError::InBatch {
-                    index,
-                    source: Box::new(e),
-                })?;
-        }
+        self.with_scratch(|scratch| {
+            for (index, (window, out)) in windows
+                .iter()
+                .zip(data.chunks_exact_mut(per_window))
+                .enumerate()
+            {
+                self.features_into(window, scratch, out)
+                    .map_err(|e| FeaturesError::InBatch {
+                        index,
+                        source: Box::new(e),
+                    })?;
+            }
+            Ok::<_, FeaturesError>(())
+        })?;
         Ok(Tensor::from_vec(
             data,
             (windows.len(), 1, self.n_frames, self.n_mels),
@@ -552,6 +554,32 @@ impl MelFrontEnd {
         Ok(out)
     }
 
+    /// Runs `f` with this thread's scratch space, made (or remade, for a
+    /// front end of other sizes) when needed: the padded window alone is
+    /// 3.8 MB, which a fresh allocation per window pays for in page faults.
+    fn with_scratch<R>(&self, f: impl FnOnce(&mut Scratch) -> R) -> R {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Option<Scratch>> = const { std::cell::RefCell::new(None) };
+        }
+        SCRATCH.with(|cell| {
+            // A re-entrant call (none today) would find it borrowed: it gets its own.
+            let Ok(mut slot) = cell.try_borrow_mut() else {
+                return f(&mut self.scratch());
+            };
+            let fits = slot.as_ref().is_some_and(|s| {
+                s.padded.len() == self.max_samples + 2 * (self.n_fft / 2)
+                    && s.frame.len() == self.n_fft
+                    && s.spectrum.len() == self.n_fft / 2 + 1
+                    && s.fft_scratch.len() == self.fft.get_scratch_len()
+                    && s.power.len() == self.n_freq_bins
+            });
+            if !fits {
+                *slot = Some(self.scratch());
+            }
+            f(slot.as_mut().expect("just made"))
+        })
+    }
+
     fn scratch(&self) -> Scratch {
         Scratch {
             padded: vec![0.0; self.max_samples + 2 * (self.n_fft / 2)],
@@ -575,17 +603,24 @@ impl MelFrontEnd {
                 max: self.max_samples,
             });
         }
-        if let Some(index) = samples.iter().position(|x| !x.is_finite()) {
-            return Err(FeaturesError::NonFinite {
-                index,
-                value: samples[index],
-            });
-        }
-        if let Some(index) = samples.iter().position(|x| x.abs() > MAX_SAMPLE_MAGNITUDE) {
-            return Err(FeaturesError::TooLoud {
-                index,
-                value: samples[index],
-            });
+        // One vectorised pass for the common case (NaN and ±∞ fail it too);
+        // the searches that name the culprit only when it fails.
+        let in_range = samples
+            .iter()
+            .fold(true, |ok, x| ok & (x.abs() <= MAX_SAMPLE_MAGNITUDE));
+        if !in_range {
+            if let Some(index) = samples.iter().position(|x| !x.is_finite()) {
+                return Err(FeaturesError::NonFinite {
+                    index,
+                    value: samples[index],
+                });
+            }
+            if let Some(index) = samples.iter().position(|x| x.abs() > MAX_SAMPLE_MAGNITUDE) {
+                return Err(FeaturesError::TooLoud {
+                    index,
+                    value: samples[index],
+                });
+            }
         }
 
         // 1. Length handling on the waveform (reference `_get_input_mel`).
@@ -597,8 +632,11 @@ impl MelFrontEnd {
             PaddingMode::Repeat => max,
             PaddingMode::Pad => len,
         };
-        for (dst, src) in body[..filled].iter_mut().zip(samples.iter().cycle()) {
-            *dst = f64::from(*src);
+        // Whole repetitions, each a plain (vectorised) widening copy.
+        for part in body[..filled].chunks_mut(len) {
+            for (dst, &src) in part.iter_mut().zip(samples) {
+                *dst = f64::from(src);
+            }
         }
         body[filled..].fill(0.0);
 
@@ -641,16 +679,31 @@ impl MelFrontEnd {
                 .zip(self.filters.chunks_exact(self.n_freq_bins))
                 .zip(&self.filter_spans)
             {
-                let mel: f64 = filter[lo..hi]
-                    .iter()
-                    .zip(&s.power[lo..hi])
-                    .map(|(w, p)| w * p)
-                    .sum();
+                let mel = dot4(&filter[lo..hi], &s.power[lo..hi]);
                 *o = (10.0 * mel.max(MEL_FLOOR).log10()) as f32;
             }
         }
         Ok(())
     }
+}
+
+/// `Σ a·b` on four partial sums, so the additions do not wait on each other
+/// (the reference's matmul does not sum in order either).
+fn dot4(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0f64; 4];
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = a4
+        .remainder()
+        .iter()
+        .zip(b4.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a4.zip(b4) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// The mel front end as tensor ops on a device, for a GPU: the STFT is one
