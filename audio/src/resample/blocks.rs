@@ -111,20 +111,12 @@ pub(super) struct Bank {
     isa: Isa,
 }
 
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
 impl Bank {
     /// The bank for `p/q` input samples per output with `phases` = rubato's taps, phase-major
     /// (`q` filters of `len` taps).
     pub(super) fn new(p: usize, q: usize, phases: &[f32], len: usize, isa: Isa) -> Bank {
         assert_eq!(phases.len(), q * len, "one filter per phase");
-        let aligned = q / gcd(q, LANES) * LANES;
+        let aligned = q / super::gcd(q as u64, LANES as u64) as usize * LANES;
         let step_out = if aligned <= MAX_ALIGNED_BLOCK {
             aligned
         } else {

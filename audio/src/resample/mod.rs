@@ -128,6 +128,12 @@ fn resample_err(detail: impl Into<String>) -> AudioError {
     }
 }
 
+/// `in_rate / 48000` in lowest terms: `(p, q)`, input samples per `q` outputs.
+fn reduced_ratio(in_rate: u32) -> (u64, u64) {
+    let g = gcd(u64::from(in_rate), u64::from(MODEL_SAMPLE_RATE));
+    (u64::from(in_rate) / g, u64::from(MODEL_SAMPLE_RATE) / g)
+}
+
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 {
         a
@@ -177,15 +183,14 @@ impl Design {
 
     /// An exact design's filter as blocks (rubato's taps, rearranged).
     fn bank(&self, in_rate: u32, isa: blocks::Isa) -> Bank {
-        let g = gcd(u64::from(in_rate), u64::from(MODEL_SAMPLE_RATE));
-        let (p, q) = (
-            (u64::from(in_rate) / g) as usize,
-            (u64::from(MODEL_SAMPLE_RATE) / g) as usize,
-        );
+        let (p, q) = reduced_ratio(in_rate);
         let ratio = f64::from(MODEL_SAMPLE_RATE) / f64::from(in_rate);
         let taps = Taps::new(&self.sinc_params(), ratio);
-        assert_eq!(taps.phases, q, "an exact design has one phase per output");
-        Bank::new(p, q, &taps.sincs, taps.len, isa)
+        assert_eq!(
+            taps.phases as u64, q,
+            "an exact design has one phase per output"
+        );
+        Bank::new(p as usize, q as usize, &taps.sincs, taps.len, isa)
     }
 
     fn for_rate(in_rate: u32) -> Design {
@@ -198,8 +203,7 @@ impl Design {
     }
 
     fn custom(in_rate: u32, sinc_base: usize, f_cutoff: f32) -> Design {
-        let g = gcd(u64::from(in_rate), u64::from(MODEL_SAMPLE_RATE));
-        let (p, q) = (u64::from(in_rate) / g, u64::from(MODEL_SAMPLE_RATE) / g);
+        let (p, q) = reduced_ratio(in_rate);
         let t = p as f64 / q as f64; // input samples per output sample
         let exact = q <= MAX_EXACT_PHASES;
         let oversampling = if exact {
@@ -265,6 +269,17 @@ impl StreamResampler {
             n_in: 0,
             n_out: 0,
         })
+    }
+
+    /// A resampler on a given engine (the tests compare engines).
+    #[cfg(test)]
+    fn with_engine(in_rate: u32, engine: Engine) -> Self {
+        StreamResampler {
+            in_rate,
+            engine: Some(engine),
+            n_in: 0,
+            n_out: 0,
+        }
     }
 
     /// The input rate this resampler was built for.
@@ -745,12 +760,7 @@ mod tests {
                 out.extend(r.finish().unwrap());
                 out
             };
-            let stream = |engine| StreamResampler {
-                in_rate: rate,
-                engine: Some(engine),
-                n_in: 0,
-                n_out: 0,
-            };
+            let stream = |engine| StreamResampler::with_engine(rate, engine);
             let theirs = feed(&mut stream(Engine::Sinc(SincEngine::new(rate, d).unwrap())));
             assert_eq!(
                 theirs.len(),
@@ -802,12 +812,7 @@ mod tests {
                 }
                 best
             };
-            let stream = |engine| StreamResampler {
-                in_rate: rate,
-                engine: Some(engine),
-                n_in: 0,
-                n_out: 0,
-            };
+            let stream = |engine| StreamResampler::with_engine(rate, engine);
             let rubato = time(stream(Engine::Sinc(SincEngine::new(rate, d).unwrap())));
             print!("{rate} Hz, ms per 10 s: rubato (own dot) {rubato:.1}");
             for isa in blocks::Isa::available() {
