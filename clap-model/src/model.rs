@@ -108,8 +108,10 @@ impl ClapModel {
 
     /// L2-normalised audio embeddings `(B, projection_dim)`, f32.
     pub fn audio_embeddings(&self, features: &Tensor) -> Result<Tensor> {
-        let pooled = self.audio_pooled(features)?;
-        normalize(&self.audio_projection.forward(&pooled)?)
+        on_pool(self.audio_encoder.device(), || {
+            let pooled = self.audio_pooled(features)?;
+            normalize(&self.audio_projection.forward(&pooled)?)
+        })
     }
 
     /// Text tower before projection (RoBERTa pooler output).
@@ -127,14 +129,31 @@ impl ClapModel {
         input_ids: &[Vec<u32>],
         attention_mask: &[Vec<u32>],
     ) -> Result<Tensor> {
-        let pooled = self.text_pooled(input_ids, attention_mask)?;
-        normalize(&self.text_projection.forward(&pooled)?)
+        on_pool(self.audio_encoder.device(), || {
+            let pooled = self.text_pooled(input_ids, attention_mask)?;
+            normalize(&self.text_projection.forward(&pooled)?)
+        })
     }
 
     /// `exp(logit_scale_a)` and `exp(logit_scale_t)`: the temperatures of
     /// `logits_per_audio` and `logits_per_text`.
     pub fn logit_scales(&self) -> (f32, f32) {
         (self.logit_scale_a.exp(), self.logit_scale_t.exp())
+    }
+}
+
+/// Runs a forward pass on a thread of rayon's pool. Called from elsewhere (the
+/// server's batcher, a search request), each of its parallel steps would
+/// otherwise be handed to the pool and waited for, a sleep and a wake-up
+/// per step: a text query has ~70 such steps (6 a layer), and this made it
+/// 8 % faster at batch 1 (17.1 against 18.7 ms, median of 264 queries each,
+/// interleaved in one process, 2 threads). Inside the pool, the steps split
+/// and join on the workers directly. Other devices run on the calling thread.
+fn on_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if !device.is_cpu() || rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
     }
 }
 
