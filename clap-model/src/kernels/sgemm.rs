@@ -1695,6 +1695,49 @@ mod tests {
         assert!(PackedMatrix::from_weight(&[1.0; 5], 2, 3).is_err());
     }
 
+    /// A text query's products with their weights coming from memory, as in
+    /// a real query (36 distinct 768 × 3072 weights, 340 MB, more than any
+    /// cache), against the same product with one weight in cache: GB/s of
+    /// weight read and GFLOP/s, for a few row counts.
+    /// `cargo test --release -p clap-model --lib sgemm_cold -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn sgemm_cold() {
+        let (k, n) = (768, 3072);
+        let weights: Vec<PackedMatrix> = (0..36)
+            .map(|i| PackedMatrix::from_weight(&values(n * k, 10 + i), n, k).unwrap())
+            .collect();
+        let epi = Epilogue::default();
+        for m in [1usize, 6, 11, 24] {
+            let x = values(m * k, 1);
+            let lhs = Lhs::rows(&x, k);
+            let mut out = vec![0f32; m * n];
+            let mut median_ms = |ws: &[&PackedMatrix]| {
+                let mut runs: Vec<f64> = (0..7)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        for w in ws {
+                            gemm(&lhs, m, w, &epi, &mut out).unwrap();
+                        }
+                        t.elapsed().as_secs_f64() * 1e3 / ws.len() as f64
+                    })
+                    .collect();
+                runs.sort_by(f64::total_cmp);
+                runs[3]
+            };
+            let cold = median_ms(&weights.iter().collect::<Vec<_>>());
+            let hot = median_ms(&[&weights[0]; 36]);
+            let flop = 2.0 * (m * k * n) as f64;
+            println!(
+                "{m} rows: from memory {cold:.3} ms a weight ({:.1} GB/s, {:.1} GFLOP/s), \
+                 in cache {hot:.3} ms ({:.1} GFLOP/s)",
+                (n * k * 4) as f64 / cold / 1e6,
+                flop / cold / 1e6,
+                flop / hot / 1e6
+            );
+        }
+    }
+
     /// Timing of the packed product against candle's matmul on the audio
     /// tower's shapes: `cargo test --release -p clap-model --lib sgemm_speed -- --ignored --nocapture`.
     #[test]
