@@ -129,7 +129,7 @@ impl ClapModel {
         input_ids: &[Vec<u32>],
         attention_mask: &[Vec<u32>],
     ) -> Result<Tensor> {
-        on_pool(self.audio_encoder.device(), || {
+        on_pool(self.text_encoder.device(), || {
             let pooled = self.text_pooled(input_ids, attention_mask)?;
             normalize(&self.text_projection.forward(&pooled)?)
         })
