@@ -544,9 +544,12 @@ impl SwinBlock {
         let m = b * l;
         let windows = b * self.n_windows;
         let threads = rayon::current_num_threads();
-        // About 256 rows a group (L2-sized buffers), at least two groups a
-        // thread.
-        let per_group = (256 / n).clamp(1, (windows / (2 * threads)).max(1));
+        // About 256 rows a group (L2-sized buffers), at least one group a
+        // thread. Fewer, larger groups read the weights fewer times: at
+        // batch 1 the third stage's 4 windows go as 2 groups of 2, each
+        // thread reading the block's 12.6 MB of weights once instead of
+        // twice (2 % faster on a 2-core Xeon, measured interleaved).
+        let per_group = (256 / n).clamp(1, (windows / threads).max(1));
         let groups = windows.div_ceil(per_group);
         let hidden = self.intermediate.out_dim()?;
         let mut out = uninit_vec(m * c);
