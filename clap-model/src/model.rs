@@ -148,12 +148,16 @@ impl ClapModel {
 /// per step: a text query has ~70 such steps (6 a layer), and this made it
 /// 8 % faster at batch 1 (17.1 against 18.7 ms, median of 264 queries each,
 /// interleaved in one process, 2 threads). Inside the pool, the steps split
-/// and join on the workers directly. Other devices run on the calling thread.
+/// and join on the workers directly; the thread flushes denormals to zero
+/// ([`crate::kernels::flush_denormals`]). Other devices run on the calling thread.
 fn on_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
     if !device.is_cpu() || rayon::current_thread_index().is_some() {
         f()
     } else {
-        rayon::scope(|_| f())
+        rayon::scope(|_| {
+            crate::kernels::flush_denormals();
+            f()
+        })
     }
 }
 

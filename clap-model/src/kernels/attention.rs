@@ -182,6 +182,7 @@ fn run<'b>(
             // SAFETY: this item writes rows start..start+n, columns
             // h·d..(h+1)·d of `out` (checked to hold rows·c values), which
             // no other item writes.
+            super::flush_denormals();
             unsafe {
                 let o = ptr.at(start * c);
                 head(

@@ -308,6 +308,41 @@ impl Dense {
     }
 }
 
+/// Flushes denormal floats to zero on the calling thread from now on (x86:
+/// MXCSR's flush-to-zero and denormals-are-zero bits), once per thread.
+///
+/// Activations underflow here and there (softmax weights of far keys, GELU
+/// of large negative inputs), and every denormal an x86 core produces or
+/// reads costs it a microcode assist of ~100 cycles. On a 2-core Xeon the
+/// audio tower at batch 1 ran 7.45 clips/s with them flushed against 6.0–6.3
+/// without (interleaved runs). Values below 1.2e-38 become zero: far below
+/// what an embedding's cosine can see. The threads that run the kernels are
+/// rayon's and the forward pass's own; the setting stays with the thread.
+pub(crate) fn flush_denormals() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        thread_local! {
+            static FLUSHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        FLUSHED.with(|done| {
+            if !done.get() {
+                // FTZ (bit 15) and DAZ (bit 6).
+                const FTZ_DAZ: u32 = 0x8040;
+                let mut csr = 0u32;
+                // SAFETY: stmxcsr/ldmxcsr read and write this thread's SSE
+                // control register through a local; only the two flush bits
+                // change (every x86-64 CPU has DAZ).
+                unsafe {
+                    std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));
+                    csr |= FTZ_DAZ;
+                    std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, readonly));
+                }
+                done.set(true);
+            }
+        });
+    }
+}
+
 /// A vector of `n` values, all of which the caller writes before reading.
 pub(crate) fn uninit_vec(n: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
@@ -318,4 +353,33 @@ pub(crate) fn uninit_vec(n: usize) -> Vec<f32> {
         v.set_len(n)
     };
     v
+}
+
+#[cfg(test)]
+mod tests {
+    /// A product below f32's smallest normal value is a denormal before
+    /// the flush and zero after it, on that thread only.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn flush_denormals_zeroes_underflow_on_its_thread() {
+        use std::hint::black_box;
+        let tiny = || black_box(1e-30f32) * black_box(1e-10f32);
+        std::thread::spawn(move || {
+            let before = tiny();
+            assert!(before != 0.0 && before.is_subnormal(), "{before:e}");
+            super::flush_denormals();
+            assert_eq!(tiny(), 0.0);
+            // A denormal operand counts as zero too.
+            let denormal = black_box(f32::from_bits(1));
+            assert_eq!(black_box(denormal * 2.0), 0.0);
+            // Normal values are untouched.
+            assert_eq!(black_box(1.5f32) * black_box(2.0f32), 3.0);
+        })
+        .join()
+        .unwrap();
+        // Another thread keeps its denormals.
+        std::thread::spawn(move || assert!(tiny().is_subnormal()))
+            .join()
+            .unwrap();
+    }
 }

@@ -593,6 +593,7 @@ unsafe fn run_task(
     rows: Range<usize>,
     panels: Range<usize>,
 ) {
+    super::flush_denormals();
     SCRATCH.with(|s| run_block_loops(isa, lhs, w, epi, out, rows, panels, &mut s.borrow_mut()))
 }
 
