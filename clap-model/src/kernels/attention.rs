@@ -179,10 +179,10 @@ fn run<'b>(
         let (start, n) = starts[s];
         let x = &qkv[start * 3 * c..(start + n) * 3 * c];
         SCRATCH.with(|scratch| {
+            super::flush_denormals();
             // SAFETY: this item writes rows start..start+n, columns
             // h·d..(h+1)·d of `out` (checked to hold rows·c values), which
             // no other item writes.
-            super::flush_denormals();
             unsafe {
                 let o = ptr.at(start * c);
                 head(
