@@ -76,7 +76,8 @@ impl OutPtr {
 struct Scratch {
     /// kᵀ as ⌈n/NR⌉ panels of `d × NR`.
     kt: Vec<f32>,
-    /// v as ⌈d/NR⌉ panels of `n × NR`, for heads not a whole number of panels wide.
+    /// v as ⌈d/NR⌉ panels of `n × NR`, for heads not a whole number of panels
+    /// wide; on the AVX-512 path, v of the head as `n × d`.
     v: Vec<f32>,
     /// `MR` rows of scores, then of unnormalised probabilities.
     scores: Vec<f32>,
@@ -228,6 +229,10 @@ unsafe fn head(
     o: *mut f32,
 ) {
     #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(NR) && simd::has_avx512() {
+        return avx512::head(x, n, c, d, h, scale, bias, s, o);
+    }
+    #[cfg(target_arch = "x86_64")]
     if simd::has_avx2_fma() {
         #[target_feature(enable = "avx2,fma")]
         #[allow(clippy::too_many_arguments)]
@@ -348,6 +353,262 @@ unsafe fn head_body(
     }
 }
 
+/// The head on AVX-512, for heads a whole number of 16-wide panels
+/// (HTSAT's 32, RoBERTa's 64). The AVX2 path's products go through the
+/// shared 6×16 tile, whose 12 accumulators need as many loads as FMAs
+/// (six broadcasts of q per 16 keys); here six query rows meet 64 keys
+/// (HTSAT's whole window) in 24 accumulators, and the probabilities meet up
+/// to 64 dims of v, each broadcast feeding four FMAs; the bias, the shift
+/// mask and the softmax stay 512-bit.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{pack_keys, ScoreBias, Scratch, SHIFT_MASK_VALUE};
+    use crate::kernels::sgemm::{MR, NR};
+    use crate::kernels::simd::avx512 as vmath;
+
+    /// Key panels of 16 (and value panels of 16 dims) one step takes.
+    const PANELS: usize = 4;
+
+    /// See [`super::head`]; `d` is a multiple of [`NR`] (16).
+    ///
+    /// # Safety
+    /// As [`super::head`]; the CPU has AVX-512 F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn head(
+        x: &[f32],
+        n: usize,
+        c: usize,
+        d: usize,
+        h: usize,
+        scale: f32,
+        bias: ScoreBias,
+        s: &mut Scratch,
+        o: *mut f32,
+    ) {
+        debug_assert!(d.is_multiple_of(NR) && NR == 16);
+        let c3 = 3 * c;
+        let key_panels = n.div_ceil(NR);
+        let npad = key_panels * NR;
+        let d_panels = d / NR;
+        pack_keys(x, n, c, d, h, &mut s.kt);
+        if s.scores.len() < MR * npad {
+            s.scores.resize(MR * npad, 0.0);
+        }
+        // v packed (`n × d`, rows contiguous): read in place, its rows
+        // are 3c apart, which for HTSAT's widths (384 to 3072 floats) maps
+        // the 64 rows a product reads to a few L1 sets, evicting each other.
+        if s.v.len() < n * d {
+            s.v.resize(n * d, 0.0);
+        }
+        let (from, to) = (x.as_ptr().add(2 * c + h * d), s.v.as_mut_ptr());
+        for key in 0..n {
+            for j in (0..d).step_by(NR) {
+                _mm512_storeu_ps(to.add(key * d + j), _mm512_loadu_ps(from.add(key * c3 + j)));
+            }
+        }
+        let kt = s.kt.as_ptr();
+        let scores = s.scores.as_mut_ptr();
+        let v = s.v.as_ptr();
+        let mut q0 = 0;
+        while q0 < n {
+            let rows = MR.min(n - q0);
+            // Rows past the sequence repeat its last: computed, never stored.
+            let q_rows: [*const f32; MR] =
+                std::array::from_fn(|i| x.as_ptr().add((q0 + i.min(rows - 1)) * c3 + h * d));
+            let at = Scores {
+                q0,
+                rows,
+                n,
+                npad,
+                scale,
+                bias,
+                out: scores,
+            };
+            let mut jp = 0;
+            while jp < key_panels {
+                let kp = kt.add(jp * d * NR);
+                match key_panels - jp {
+                    1 => at.step::<1>(d, q_rows, kp, jp),
+                    2 => at.step::<2>(d, q_rows, kp, jp),
+                    3 => at.step::<3>(d, q_rows, kp, jp),
+                    _ => at.step::<PANELS>(d, q_rows, kp, jp),
+                }
+                jp += PANELS;
+            }
+            let mut inv = [0f32; MR];
+            for (i, inv) in inv.iter_mut().enumerate().take(rows) {
+                *inv = 1.0 / exp_shifted(scores.add(i * npad), n);
+            }
+            let p_rows: [*const f32; MR] =
+                std::array::from_fn(|i| scores.add(i.min(rows - 1) * npad).cast_const());
+            let out = o.add(q0 * c + h * d);
+            let mut dp = 0;
+            while dp < d_panels {
+                let (vp, op) = (v.add(dp * NR), out.add(dp * NR));
+                match d_panels - dp {
+                    1 => values::<1>(n, p_rows, vp, d, rows, &inv, op, c),
+                    2 => values::<2>(n, p_rows, vp, d, rows, &inv, op, c),
+                    3 => values::<3>(n, p_rows, vp, d, rows, &inv, op, c),
+                    _ => values::<PANELS>(n, p_rows, vp, d, rows, &inv, op, c),
+                }
+                dp += PANELS;
+            }
+            q0 += MR;
+        }
+    }
+
+    /// Where one block of query rows writes its scores.
+    struct Scores<'a> {
+        q0: usize,
+        rows: usize,
+        n: usize,
+        npad: usize,
+        scale: f32,
+        bias: ScoreBias<'a>,
+        /// `MR` rows of `npad`.
+        out: *mut f32,
+    }
+
+    impl Scores<'_> {
+        /// Scores of the block's rows against key panels `jp..jp + P`
+        /// (`kt`: their packed `d × 16` panels, one after another), in the
+        /// reference's order: `(q·kᵀ)·scale + bias`, then the mask.
+        #[inline(always)]
+        unsafe fn step<const P: usize>(
+            &self,
+            d: usize,
+            q_rows: [*const f32; MR],
+            kt: *const f32,
+            jp: usize,
+        ) {
+            let acc = product::<P>(d, q_rows, kt, d * NR, NR);
+            let (n, scale) = (self.n, _mm512_set1_ps(self.scale));
+            // Every row through the epilogue, those past the sequence as its
+            // last (their scores are never read): with a loop bound known at
+            // compile time the accumulators stay in registers (bounded by
+            // `rows`, each was also stored to the stack at every step of the
+            // product above, twice as slow).
+            for (i, acc) in acc.iter().enumerate() {
+                let q = self.q0 + i.min(self.rows - 1);
+                for (p, &acc) in acc.iter().enumerate() {
+                    let key0 = (jp + p) * NR;
+                    let live = NR.min(n - key0);
+                    // Keys past the sequence: no bias read (their scores
+                    // are never used).
+                    let keys: __mmask16 = if live == NR { !0 } else { (1 << live) - 1 };
+                    let mut v = _mm512_mul_ps(acc, scale);
+                    match self.bias {
+                        ScoreBias::None => {}
+                        ScoreBias::Table { table, labels } => {
+                            let t = table.as_ptr().add(q * n + key0);
+                            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(keys, t));
+                            if let Some(l) = labels {
+                                let mut lk = [0u8; NR];
+                                lk[..live].copy_from_slice(&l[key0..key0 + live]);
+                                let lk = _mm512_cvtepu8_epi32(_mm_loadu_si128(lk.as_ptr().cast()));
+                                let other = _mm512_cmpneq_epi32_mask(
+                                    lk,
+                                    _mm512_set1_epi32(i32::from(l[q])),
+                                );
+                                v = _mm512_mask_add_ps(
+                                    v,
+                                    other,
+                                    v,
+                                    _mm512_set1_ps(SHIFT_MASK_VALUE),
+                                );
+                            }
+                        }
+                        ScoreBias::PerKey(k) => {
+                            let t = k.as_ptr().add(key0);
+                            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(keys, t));
+                        }
+                    }
+                    _mm512_storeu_ps(self.out.add(i * self.npad + key0), v);
+                }
+            }
+        }
+    }
+
+    /// `o[i] = inv[i] · Σ_k p[i][k] · v[k]` for the block's rows and the
+    /// `P` 16-dim panels of v at `v` (rows `stride` apart); `o` rows `c` apart.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn values<const P: usize>(
+        n: usize,
+        p_rows: [*const f32; MR],
+        v: *const f32,
+        stride: usize,
+        rows: usize,
+        inv: &[f32; MR],
+        o: *mut f32,
+        c: usize,
+    ) {
+        let acc = product::<P>(n, p_rows, v, NR, stride);
+        for (i, acc) in acc.iter().enumerate().take(rows) {
+            let inv = _mm512_set1_ps(inv[i]);
+            for (p, &acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(o.add(i * c + p * NR), _mm512_mul_ps(acc, inv));
+            }
+        }
+    }
+
+    /// `Σ_k rows[i][k] · b[k]` for the `MR` rows and `P` 16-wide panels of
+    /// `b` (panel `p`, step `k` at `b + p·panel + k·step`), `kc` deep. The
+    /// accumulators come back by value, which keeps them in registers.
+    #[inline(always)]
+    unsafe fn product<const P: usize>(
+        kc: usize,
+        rows: [*const f32; MR],
+        b: *const f32,
+        panel: usize,
+        step: usize,
+    ) -> [[__m512; P]; MR] {
+        let mut acc = [[_mm512_setzero_ps(); P]; MR];
+        let mut b = b;
+        for k in 0..kc {
+            let w: [__m512; P] = std::array::from_fn(|p| _mm512_loadu_ps(b.add(p * panel)));
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                let a = _mm512_set1_ps(*row.add(k));
+                for (acc, &w) in acc.iter_mut().zip(&w) {
+                    *acc = _mm512_fmadd_ps(a, w, *acc);
+                }
+            }
+            b = b.add(step);
+        }
+        acc
+    }
+
+    /// `row = exp(row − max(row))` over `n` values at `p`; returns their sum.
+    #[inline(always)]
+    unsafe fn exp_shifted(p: *mut f32, n: usize) -> f32 {
+        let full = n - n % NR;
+        let tail: __mmask16 = (1 << (n % NR)) - 1;
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in (0..full).step_by(NR) {
+            m = _mm512_max_ps(m, _mm512_loadu_ps(p.add(i)));
+        }
+        if tail != 0 {
+            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, tail, p.add(full)));
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+        let mut sum = _mm512_setzero_ps();
+        for i in (0..full).step_by(NR) {
+            let e = vmath::exp(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), max));
+            _mm512_storeu_ps(p.add(i), e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        if tail != 0 {
+            let e = vmath::exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), max));
+            _mm512_mask_storeu_ps(p.add(full), tail, e);
+            sum = _mm512_mask_add_ps(sum, tail, sum, e);
+        }
+        _mm512_reduce_add_ps(sum)
+    }
+}
+
 /// kᵀ of head `h` as ⌈n/NR⌉ panels of `d × NR` (`kt[jp][kk][j]` = dim kk of
 /// key jp·NR + j; keys past n zero). AVX2 moves 8 keys × 8 dims at a time
 /// through a register transpose.
@@ -465,7 +726,17 @@ mod tests {
     /// (13 tokens, heads of 8 and 20).
     #[test]
     fn windows_with_table_and_labels_match_f64() {
-        for (count, n, heads, d) in [(5, 13, 3, 8), (2, 64, 2, 20), (1, 1, 1, 4)] {
+        // Heads of 32, 48 and 64 take the AVX-512 path where the CPU has it:
+        // HTSAT's 64-token windows, and keys and dims past one 4-panel step.
+        for (count, n, heads, d) in [
+            (5, 13, 3, 8),
+            (2, 64, 2, 20),
+            (1, 1, 1, 4),
+            (3, 64, 2, 32),
+            (2, 77, 1, 64),
+            (2, 5, 2, 48),
+            (1, 19, 1, 80),
+        ] {
             let c = heads * d;
             let qkv = values(count * n * 3 * c, 1);
             let table = values(heads * n * n, 2);
