@@ -154,6 +154,8 @@ pub struct Library {
     /// Serialises "write vectors + mark indexed" against delete/reprocess, so
     /// a file deleted mid-processing never gets its vectors back.
     pub(crate) commit_lock: tokio::sync::Mutex<()>,
+    /// Files waiting for the next group commit (see `pipeline::commit`).
+    pub(crate) commit_queue: std::sync::Mutex<Vec<crate::pipeline::QueuedCommit>>,
     /// Serialises "insert a file + announce it (QUEUED)" against a worker's claim, so that no
     /// subscriber sees a file's DECODING before its QUEUED (a worker finishing another file
     /// could otherwise claim the new row before its uploader has sent the event).
@@ -306,6 +308,7 @@ impl Library {
             relay: Mutex::new(relay),
             _lock: lock,
             commit_lock: tokio::sync::Mutex::new(()),
+            commit_queue: Default::default(),
             intake_lock: tokio::sync::Mutex::new(()),
             index_changes: Notify::new(),
             shutdown,

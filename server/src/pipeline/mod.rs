@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use entity::audio_file::{error_code, Model as FileRow};
 use entity::store::{self, work, Claimed, Lease, MediaInfo};
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use traum_audio::{window_starts, AudioError, Window};
@@ -123,6 +123,7 @@ pub fn retry_backoff(attempts: i32) -> Duration {
 }
 
 /// How a file's processing ended.
+#[derive(Clone)]
 enum Outcome {
     Indexed(Box<FileRow>),
     /// The file's fault: it fails with this code.
@@ -444,39 +445,150 @@ async fn run(
         vector: file_vector,
         windows,
     };
-    // Commit: in this process nobody deletes or requeues the file between the check and the
-    // status change; another process may, which the conditional commit finds out.
-    let _commit = lib.commit_lock.lock().await;
-    if token.is_cancelled() {
-        return Ok(Outcome::Abandoned("cancelled"));
-    }
-    if !work::renew(&lib.db, lease, lib.config.lease).await? {
-        return Ok(Outcome::Abandoned("lease lost"));
-    }
-    if !Arc::ptr_eq(&model, &lib.models.active()) {
-        // Embedded with the model the library just switched from: queued again, for the new.
-        return Ok(Outcome::Abandoned("the library switched models"));
-    }
-    model.index.upsert_file(vectors).await?;
-    lib.index_changed();
-    lib.models.file_indexed();
-    lib.metrics
-        .stage_seconds
-        .with_label_values(&["index"])
-        .observe(embedded.elapsed().as_secs_f64());
-    match work::commit_indexed(&lib.db, lease, &model.model_id, n).await? {
-        Some(row) => Ok(Outcome::Indexed(Box::new(row))),
-        None => {
-            // Lost between the upsert and the commit: deleted (its vectors must not stay)
-            // or reprocessed (the next attempt replaces them) by another process.
-            if store::get(&lib.db, id).await?.is_none() {
-                tracing::info!(%id, "deleted while its vectors were written; removing them");
-                model.index.delete_file(id).await?;
-                lib.index_changed();
-            }
-            Ok(Outcome::Abandoned("lease lost at commit"))
+    commit(
+        lib,
+        PendingCommit {
+            lease: *lease,
+            model,
+            vectors,
+            windows: n,
+            token: token.clone(),
+            embedded,
+        },
+    )
+    .await
+}
+
+/// A file whose vectors are ready: they go to the index, then its row is marked indexed.
+struct PendingCommit {
+    lease: Lease,
+    model: Arc<crate::models::ModelVersion>,
+    vectors: FileVectors,
+    windows: i32,
+    token: CancellationToken,
+    embedded: Instant,
+}
+
+/// A [`PendingCommit`] in the library's commit queue, with where its outcome goes.
+pub(crate) struct QueuedCommit {
+    file: PendingCommit,
+    reply: oneshot::Sender<Result<Outcome, ApiError>>,
+}
+
+/// Group commit. The file joins the library's commit queue and its worker takes the commit
+/// lock; whoever holds the lock next commits everything queued by then as one group: one
+/// index write and one flush for all of them (qdrant-edge syncs every segment file on a
+/// flush, ~100 `msync` calls however few vectors changed), then each row. The files of one
+/// forward pass finish together and mostly commit together.
+///
+/// In this process nobody deletes or requeues a file while the lock is held; another process
+/// may, which each row's conditional commit finds out.
+async fn commit(lib: &Library, file: PendingCommit) -> Result<Outcome, ApiError> {
+    let (reply, outcome) = oneshot::channel();
+    lock_queue(lib).push(QueuedCommit { file, reply });
+    {
+        let _commit = lib.commit_lock.lock().await;
+        let group = std::mem::take(&mut *lock_queue(lib));
+        if !group.is_empty() {
+            commit_group(lib, group).await;
         }
     }
+    // Ours was in the group of whoever took the lock first (perhaps us).
+    outcome.await.unwrap_or(Err(ApiError::ShuttingDown))
+}
+
+fn lock_queue(lib: &Library) -> std::sync::MutexGuard<'_, Vec<QueuedCommit>> {
+    // A panic while the queue was locked leaves a valid Vec.
+    lib.commit_queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Commits a group of files. Call with the commit lock held.
+async fn commit_group(lib: &Library, group: Vec<QueuedCommit>) {
+    let active = lib.models.active();
+    let mut admitted = Vec::with_capacity(group.len());
+    for QueuedCommit { file, reply } in group {
+        if reply.is_closed() {
+            // Its worker is gone (shut down mid-commit): as before group commits, a file
+            // whose worker stopped is not committed; its lease runs out.
+            continue;
+        }
+        let refused = if file.token.is_cancelled() {
+            Ok(Some("cancelled"))
+        } else {
+            match work::renew(&lib.db, &file.lease, lib.config.lease).await {
+                Ok(false) => Ok(Some("lease lost")),
+                Err(e) => Err(ApiError::from(e)),
+                // Embedded with the model the library just switched from: queued again, for
+                // the new.
+                Ok(true) if !Arc::ptr_eq(&file.model, &active) => {
+                    Ok(Some("the library switched models"))
+                }
+                Ok(true) => Ok(None),
+            }
+        };
+        match refused {
+            Ok(None) => admitted.push((file, reply)),
+            Ok(Some(why)) => {
+                let _ = reply.send(Ok(Outcome::Abandoned(why)));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+    if admitted.is_empty() {
+        return;
+    }
+    let mut vectors = Vec::with_capacity(admitted.len());
+    let mut files = Vec::with_capacity(admitted.len());
+    for (file, reply) in admitted {
+        let PendingCommit {
+            lease,
+            vectors: v,
+            windows,
+            embedded,
+            ..
+        } = file;
+        vectors.push(v);
+        files.push((lease, windows, embedded, reply));
+    }
+    if let Err(e) = active.index.upsert_files(vectors).await {
+        // The group's write failed as a whole: each of its files ends alike.
+        let outcome = classify(&ApiError::from(e));
+        for (.., reply) in files {
+            let _ = reply.send(Ok(outcome.clone()));
+        }
+        return;
+    }
+    for (lease, windows, embedded, reply) in files {
+        lib.index_changed();
+        lib.models.file_indexed();
+        lib.metrics
+            .stage_seconds
+            .with_label_values(&["index"])
+            .observe(embedded.elapsed().as_secs_f64());
+        let outcome = match work::commit_indexed(&lib.db, &lease, &active.model_id, windows).await {
+            Ok(Some(row)) => Ok(Outcome::Indexed(Box::new(row))),
+            Ok(None) => lost_at_commit(lib, &active, lease.file_id).await,
+            Err(e) => Err(ApiError::from(e)),
+        };
+        let _ = reply.send(outcome);
+    }
+}
+
+/// Lost between the upsert and the commit: deleted (its vectors must not stay) or
+/// reprocessed (the next attempt replaces them) by another process.
+async fn lost_at_commit(
+    lib: &Library,
+    model: &crate::models::ModelVersion,
+    id: Uuid,
+) -> Result<Outcome, ApiError> {
+    if store::get(&lib.db, id).await?.is_none() {
+        tracing::info!(%id, "deleted while its vectors were written; removing them");
+        model.index.delete_file(id).await?;
+        lib.index_changed();
+    }
+    Ok(Outcome::Abandoned("lease lost at commit"))
 }
 
 /// Whether a decoding error is the file's (damaged, unsupported) rather than the storage's.
