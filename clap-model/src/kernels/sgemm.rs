@@ -613,6 +613,8 @@ unsafe fn run_block_loops(
     scratch: &mut Scratch,
 ) {
     let k = w.k;
+    // AVX2 alone: the AVX-512 path pairs whole micro-panels.
+    let even = isa == Isa::Avx2;
     let mut ic = rows.start;
     while ic < rows.end {
         let mc = MC.min(rows.end - ic);
@@ -627,13 +629,14 @@ unsafe fn run_block_loops(
             let a_len = mc.div_ceil(MR) * MR * kc + 2;
             scratch.a.reserve(a_len);
             let a = &mut scratch.a.as_mut_slice()[..a_len];
-            pack_lhs(lhs, ic, mc, k0, kc, &scratch.stats, a);
+            pack_lhs(lhs, ic, mc, even, k0, kc, &scratch.stats, a);
             let block = Block {
                 kc,
                 first: k0 == 0,
                 last: k0 + kc == k,
                 row0: ic,
                 rows: mc,
+                even,
                 n: w.n,
             };
             microkernel::panels(isa, &block, a, w, k0, panels.clone(), epi, out.0);
@@ -662,14 +665,17 @@ fn row_stats(lhs: &Lhs, norm: &RowNorm, r0: usize, mc: usize, stats: &mut Vec<(f
     }
 }
 
-/// Packs rows `r0..r0+mc`, columns `k0..k0+kc` of `lhs` into micro-panels
-/// of `MR` rows: `a[(i / MR)·MR·kc + kk·MR + i % MR]`, gathered and
-/// normalised as they are read. Rows past `mc` in the last micro-panel are
-/// left as they are (the microkernel computes only the rows it has).
+/// Packs rows `r0..r0+mc`, columns `k0..k0+kc` of `lhs` into ⌈mc/MR⌉
+/// micro-panels of `MR × kc` (`a[ip·MR·kc + kk·MR + i]`: row `i` of
+/// micro-panel `ip`, whose rows [`micro_panel_rows`] gives), gathered and
+/// normalised as they are read. Rows past a micro-panel's own are left as
+/// they are (the microkernel computes only the rows it has).
+#[allow(clippy::too_many_arguments)]
 fn pack_lhs(
     lhs: &Lhs,
     r0: usize,
     mc: usize,
+    even: bool,
     k0: usize,
     kc: usize,
     stats: &[(f32, f32)],
@@ -679,7 +685,7 @@ fn pack_lhs(
     for ip in 0..mc.div_ceil(MR) {
         // To the end of the buffer: the last stores spill 2 values onward.
         let panel = &mut a[ip * MR * kc..];
-        let rows = MR.min(mc - ip * MR);
+        let (first, rows) = micro_panel_rows(mc, even, ip);
         // The kc columns may straddle parts.
         let mut kk = 0;
         while kk < kc {
@@ -687,11 +693,11 @@ fn pack_lhs(
             let (p, off) = (col / w, col % w);
             let take = (w - off).min(kc - kk);
             let src: [&[f32]; MR] = std::array::from_fn(|i| {
-                let r = r0 + ip * MR + i.min(rows - 1);
+                let r = r0 + first + i.min(rows - 1);
                 &lhs.part(r, p)[off..off + take]
             });
             let norm = lhs.norm.as_ref().map(|n| Norm {
-                stats: std::array::from_fn(|i| stats[ip * MR + i.min(rows - 1)]),
+                stats: std::array::from_fn(|i| stats[first + i.min(rows - 1)]),
                 gamma: &n.gamma[col..col + take],
                 beta: &n.beta[col..col + take],
             });
@@ -699,6 +705,23 @@ fn pack_lhs(
             kk += take;
         }
     }
+}
+
+/// The first row and the row count of micro-panel `ip` of a block of
+/// `rows`. In turn, `MR` rows each and the rest in the last; with `even`,
+/// the ⌈rows/MR⌉ micro-panels share the rows within one of each other. A
+/// micro-panel of 1–3 rows has 2–6 accumulators, too few to cover the FMA
+/// latency (4 cycles, 2 a cycle: 8 chains): it takes as long as one of 4
+/// rows. So 13 rows as 6 + 6 + 1 take the time of 16, as 5 + 4 + 4 that of
+/// 13 (a text query's 8–19 tokens; the audio tower's row blocks are whole
+/// micro-panels either way).
+fn micro_panel_rows(rows: usize, even: bool, ip: usize) -> (usize, usize) {
+    if !even {
+        return (ip * MR, MR.min(rows - ip * MR));
+    }
+    let panels = rows.div_ceil(MR);
+    let (base, extra) = (rows / panels, rows % panels);
+    (ip * base + ip.min(extra), base + usize::from(ip < extra))
 }
 
 /// The LayerNorm of one micro-panel's rows over one stretch of columns.
@@ -773,7 +796,16 @@ struct Block {
     last: bool,
     row0: usize,
     rows: usize,
+    /// Rows shared evenly among the micro-panels (see [`micro_panel_rows`]).
+    even: bool,
     n: usize,
+}
+
+impl Block {
+    /// Micro-panel `ip`'s first row in the block and its row count.
+    fn micro_panel(&self, ip: usize) -> (usize, usize) {
+        micro_panel_rows(self.rows, self.even, ip)
+    }
 }
 
 pub(crate) mod microkernel {
@@ -907,6 +939,7 @@ pub(crate) mod microkernel {
             epi: &Epilogue,
             out: *mut f32,
         ) {
+            debug_assert!(!block.even, "portable micro-panels are MR rows each");
             let kc = block.kc;
             let cols = NR.min(block.n - col0);
             for r0 in (0..block.rows).step_by(MR) {
@@ -973,16 +1006,15 @@ pub(crate) mod microkernel {
             // the panel's) ran ahead of what one core's misses can fetch
             // while the second micro-panel asked for nothing.
             let mp = block.rows.div_ceil(MR);
-            let mut r0 = 0;
-            while r0 < block.rows {
-                let rows = MR.min(block.rows - r0);
-                let ap = a.as_ptr().add(r0 * kc);
+            for ip in 0..mp {
+                let (r0, rows) = block.micro_panel(ip);
+                let ap = a.as_ptr().add(ip * MR * kc);
                 let next = Prefetch {
-                    line: bp.wrapping_add(kc * NR + (r0 / MR) * NR),
+                    line: bp.wrapping_add(kc * NR + ip * NR),
                     every: mp,
                 };
-                // A short last micro-panel (a text of 9 tokens) computes
-                // only its rows.
+                // A micro-panel short of MR rows (a text of 9 tokens)
+                // computes only its rows.
                 macro_rules! run {
                     ($r:literal) => {
                         store(
@@ -1005,7 +1037,6 @@ pub(crate) mod microkernel {
                     2 => run!(2),
                     _ => run!(1),
                 }
-                r0 += MR;
             }
         }
 
@@ -1219,6 +1250,7 @@ pub(crate) mod microkernel {
             epi: &Epilogue,
             out: *mut f32,
         ) {
+            debug_assert!(!block.even, "AVX-512 pairs micro-panels of MR rows");
             let kc = block.kc;
             let cols = [NR, NR.min(block.n - col0 - NR)];
             let bias = [
@@ -1499,6 +1531,42 @@ mod tests {
         }
     }
 
+    /// Even or not, the micro-panels of a block take its rows in order, each
+    /// once, at most `MR` each; even, within one row of each other.
+    #[test]
+    fn micro_panels_cover_the_rows() {
+        for rows in 1usize..=300 {
+            for even in [false, true] {
+                let panels = rows.div_ceil(MR);
+                let split: Vec<(usize, usize)> = (0..panels)
+                    .map(|ip| micro_panel_rows(rows, even, ip))
+                    .collect();
+                let mut next = 0;
+                for &(first, len) in &split {
+                    assert_eq!(first, next, "{rows} rows, even {even}: {split:?}");
+                    assert!((1..=MR).contains(&len), "{rows} rows: {split:?}");
+                    next += len;
+                }
+                assert_eq!(next, rows, "{rows} rows, even {even}: {split:?}");
+                let lens = split.iter().map(|s| s.1);
+                if even {
+                    assert!(
+                        lens.clone().max().unwrap() - lens.min().unwrap() <= 1,
+                        "{split:?}"
+                    );
+                } else {
+                    assert!(split[..panels - 1].iter().all(|s| s.1 == MR), "{split:?}");
+                }
+            }
+        }
+        assert_eq!(
+            (0..3)
+                .map(|ip| micro_panel_rows(13, true, ip))
+                .collect::<Vec<_>>(),
+            [(0, 5), (5, 4), (9, 4)]
+        );
+    }
+
     /// Shapes around every edge: rows past a micro-panel (6) and a row block
     /// (288), depths past a K block (256), widths past a 16-wide panel.
     #[test]
@@ -1750,7 +1818,7 @@ mod tests {
             .map(|i| PackedMatrix::from_weight(&values(n * k, 10 + i), n, k).unwrap())
             .collect();
         let epi = Epilogue::default();
-        for m in [1usize, 6, 11, 24, 64] {
+        for m in [1usize, 6, 7, 8, 11, 13, 19, 24, 64] {
             let x = values(m * k, 1);
             let lhs = Lhs::rows(&x, k);
             let mut out = vec![0f32; m * n];
