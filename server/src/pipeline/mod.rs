@@ -539,19 +539,19 @@ async fn commit_group(lib: &Library, group: Vec<QueuedCommit>) {
     if admitted.is_empty() {
         return;
     }
-    let mut vectors = Vec::with_capacity(admitted.len());
-    let mut files = Vec::with_capacity(admitted.len());
-    for (file, reply) in admitted {
-        let PendingCommit {
-            lease,
-            vectors: v,
-            windows,
-            embedded,
-            ..
-        } = file;
-        vectors.push(v);
-        files.push((lease, windows, embedded, reply));
-    }
+    let (vectors, files): (Vec<_>, Vec<_>) = admitted
+        .into_iter()
+        .map(|(file, reply)| {
+            let PendingCommit {
+                lease,
+                vectors,
+                windows,
+                embedded,
+                ..
+            } = file;
+            (vectors, (lease, windows, embedded, reply))
+        })
+        .unzip();
     if let Err(e) = active.index.upsert_files(vectors).await {
         // The group's write failed as a whole: each of its files ends alike.
         let outcome = classify(&ApiError::from(e));
