@@ -30,6 +30,35 @@ pub(crate) mod simd;
 
 use sgemm::{Lhs, PackedMatrix, RowNorm};
 
+/// The size of the first CPU's level-2 data cache, where Linux says
+/// (`/sys/devices/system/cpu/cpu0/cache`); `None` elsewhere.
+pub(crate) fn l2_cache_bytes() -> Option<usize> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    dir.flatten().find_map(|entry| {
+        let read = |name: &str| std::fs::read_to_string(entry.path().join(name)).ok();
+        if read("level")?.trim() != "2" || read("type")?.trim() == "Instruction" {
+            return None;
+        }
+        parse_cache_size(&read("size")?)
+    })
+}
+
+/// `"512K"`, `"2048K"`, `"2M"` or plain bytes, as sysfs writes cache sizes.
+fn parse_cache_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, ch)| !ch.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let scale = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        _ => return None,
+    };
+    digits.parse::<usize>().ok()?.checked_mul(scale)
+}
+
 /// Which kernels a model runs, chosen when it is loaded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Kernels {
@@ -357,6 +386,18 @@ pub(crate) fn uninit_vec(n: usize) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cache_sizes_parse_as_sysfs_writes_them() {
+        use super::parse_cache_size as parse;
+        assert_eq!(parse("512K\n"), Some(512 << 10));
+        assert_eq!(parse("2048K"), Some(2 << 20));
+        assert_eq!(parse("2M"), Some(2 << 20));
+        assert_eq!(parse("65536"), Some(65536));
+        assert_eq!(parse("12G"), None);
+        assert_eq!(parse("K"), None);
+        assert_eq!(parse(""), None);
+    }
+
     /// A product below f32's smallest normal value is a denormal before
     /// the flush and zero after it, on that thread only.
     #[cfg(target_arch = "x86_64")]
