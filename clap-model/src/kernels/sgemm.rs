@@ -58,16 +58,20 @@ pub(crate) enum Isa {
 
 impl Isa {
     /// Depth of one packed K block. A deeper block means fewer passes over
-    /// the output (each K block after the first adds to it); with AVX2 a
-    /// `kc × NR` panel of W is kept in a 32 KiB L1. Measured best of
-    /// 128–1024 on the audio tower's shapes: 256 on a 2-core AMD EPYC (AVX2),
-    /// 512 on a 2-core Xeon with AVX-512 (190–240 → 237–268 GFLOP/s: the
-    /// re-reads of partial sums had been 14 % of the audio tower's time; W
-    /// then streams from L2).
+    /// the output (each K block after the first adds to it); a shallower
+    /// one keeps a `kc × NR` panel of W in L1 (32 KiB; at 512 it streams
+    /// from L2). 512 on a 2-core Xeon with AVX-512 (190–240 → 237–268
+    /// GFLOP/s: the re-reads of partial sums had been 14 % of the audio
+    /// tower's time). With AVX2, 256 measured best of 128–1024 on an early
+    /// 2-core AMD EPYC; on a Zen 3 EPYC, with the Swin blocks in groups of
+    /// 128 rows, 512 ran the audio tower 1–5 % faster at batch 1, 4 and 8
+    /// (9 of 10 interleaved pairs of the `side_by_side` bench; text alike) and
+    /// `sgemm_speed`'s large shapes at 182–185 GFLOP/s against 172–177
+    /// (best of 3 interleaved).
     pub fn kc(self) -> usize {
         match self {
-            Isa::Avx512 => 512,
-            _ => 256,
+            Isa::Avx512 | Isa::Avx2 => 512,
+            Isa::Portable => 256,
         }
     }
 
@@ -1568,7 +1572,8 @@ mod tests {
     }
 
     /// Shapes around every edge: rows past a micro-panel (6) and a row block
-    /// (288), depths past a K block (256), widths past a 16-wide panel.
+    /// (288), depths past a K block (256 portable, 512 SIMD), widths past a
+    /// 16-wide panel.
     #[test]
     fn products_match_f64_on_edge_shapes() {
         for (m, k, n) in [
