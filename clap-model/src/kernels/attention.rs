@@ -440,7 +440,7 @@ mod avx512 {
             }
             let mut inv = [0f32; MR];
             for (i, inv) in inv.iter_mut().enumerate().take(rows) {
-                *inv = 1.0 / exp_shifted(scores.add(i * npad), n);
+                *inv = 1.0 / vmath::exp_shifted(scores.add(i * npad), n);
             }
             let p_rows: [*const f32; MR] =
                 std::array::from_fn(|i| scores.add(i.min(rows - 1) * npad).cast_const());
@@ -579,33 +579,6 @@ mod avx512 {
             b = b.add(step);
         }
         acc
-    }
-
-    /// `row = exp(row − max(row))` over `n` values at `p`; returns their sum.
-    #[inline(always)]
-    unsafe fn exp_shifted(p: *mut f32, n: usize) -> f32 {
-        let full = n - n % NR;
-        let tail: __mmask16 = (1 << (n % NR)) - 1;
-        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
-        for i in (0..full).step_by(NR) {
-            m = _mm512_max_ps(m, _mm512_loadu_ps(p.add(i)));
-        }
-        if tail != 0 {
-            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, tail, p.add(full)));
-        }
-        let max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
-        let mut sum = _mm512_setzero_ps();
-        for i in (0..full).step_by(NR) {
-            let e = vmath::exp(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), max));
-            _mm512_storeu_ps(p.add(i), e);
-            sum = _mm512_add_ps(sum, e);
-        }
-        if tail != 0 {
-            let e = vmath::exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), max));
-            _mm512_mask_storeu_ps(p.add(full), tail, e);
-            sum = _mm512_mask_add_ps(sum, tail, sum, e);
-        }
-        _mm512_reduce_add_ps(sum)
     }
 }
 

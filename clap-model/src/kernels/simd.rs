@@ -367,13 +367,17 @@ pub(crate) mod avx2 {
 }
 
 /// AVX-512 versions of [`avx2`]'s `exp`, `erf` and GELU, op for op (the
-/// same values), for the 512-bit tiles' epilogue.
+/// same values), for the 512-bit tiles' epilogue, and the attention's
+/// softmax.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{LN2_HI, LN2_LO, LOG2E};
     use crate::config::Activation;
+
+    /// f32 lanes of a 512-bit register.
+    const LANES: usize = 16;
 
     #[target_feature(enable = "avx512f,avx2,fma")]
     #[inline]
@@ -423,6 +427,38 @@ pub(crate) mod avx512 {
         let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a)));
         let y = _mm512_castps_si512(_mm512_fnmadd_ps(p, e, one));
         _mm512_castsi512_ps(_mm512_or_si512(y, _mm512_and_si512(xi, sign)))
+    }
+
+    /// `row = exp(row − max(row))` over `n` values at `p`; returns their sum
+    /// (the attention's softmax). Inlined whole into its caller, which
+    /// enables AVX-512 F.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; `p` is valid for `n` values.
+    #[inline(always)]
+    pub unsafe fn exp_shifted(p: *mut f32, n: usize) -> f32 {
+        let full = n - n % LANES;
+        let tail: __mmask16 = (1 << (n % LANES)) - 1;
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in (0..full).step_by(LANES) {
+            m = _mm512_max_ps(m, _mm512_loadu_ps(p.add(i)));
+        }
+        if tail != 0 {
+            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, tail, p.add(full)));
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+        let mut sum = _mm512_setzero_ps();
+        for i in (0..full).step_by(LANES) {
+            let e = exp(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), max));
+            _mm512_storeu_ps(p.add(i), e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        if tail != 0 {
+            let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, p.add(full)), max));
+            _mm512_mask_storeu_ps(p.add(full), tail, e);
+            sum = _mm512_mask_add_ps(sum, tail, sum, e);
+        }
+        _mm512_reduce_add_ps(sum)
     }
 
     /// The activation: GELU (the audio tower's and RoBERTa's) in 512-bit
