@@ -660,9 +660,9 @@ impl SwinBlock {
 /// the attention, the 4C-wide hidden layer: ~9C floats a row) stay near
 /// the core's L2 while the weights stream past: 256 rows with an L2 of
 /// 1 MB or more (2 MB on the Sapphire Rapids Xeon), 128 with less. On a
-/// Zen 3 EPYC (512 KB) 128 rows ran the audio tower at batch 8 2–5 %
-/// faster than 256 in 7 of 7 interleaved rounds, 64 and 192 no faster than
-/// 128, and batch 1 alike.
+/// Zen 3 EPYC (512 KB) 128 rows ran the audio tower at batch 8 faster
+/// than 256 in 10 of 10 interleaved rounds (mostly 2–5 %), 64 and 192 no
+/// faster than 128, and batch 1 alike.
 fn group_rows() -> usize {
     static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *ROWS.get_or_init(|| match crate::kernels::l2_cache_bytes() {

@@ -633,7 +633,6 @@ unsafe fn run_block_loops(
             let a_len = mc.div_ceil(MR) * MR * kc + 2;
             scratch.a.reserve(a_len);
             let a = &mut scratch.a.as_mut_slice()[..a_len];
-            pack_lhs(lhs, ic, mc, even, k0, kc, &scratch.stats, a);
             let block = Block {
                 kc,
                 first: k0 == 0,
@@ -643,6 +642,7 @@ unsafe fn run_block_loops(
                 even,
                 n: w.n,
             };
+            pack_lhs(lhs, &block, k0, &scratch.stats, a);
             microkernel::panels(isa, &block, a, w, k0, panels.clone(), epi, out.0);
             k0 += kc;
         }
@@ -669,27 +669,18 @@ fn row_stats(lhs: &Lhs, norm: &RowNorm, r0: usize, mc: usize, stats: &mut Vec<(f
     }
 }
 
-/// Packs rows `r0..r0+mc`, columns `k0..k0+kc` of `lhs` into ⌈mc/MR⌉
+/// Packs the block's rows, columns `k0..k0+kc` of `lhs` into ⌈rows/MR⌉
 /// micro-panels of `MR × kc` (`a[ip·MR·kc + kk·MR + i]`: row `i` of
-/// micro-panel `ip`, whose rows [`micro_panel_rows`] gives), gathered and
-/// normalised as they are read. Rows past a micro-panel's own are left as
-/// they are (the microkernel computes only the rows it has).
-#[allow(clippy::too_many_arguments)]
-fn pack_lhs(
-    lhs: &Lhs,
-    r0: usize,
-    mc: usize,
-    even: bool,
-    k0: usize,
-    kc: usize,
-    stats: &[(f32, f32)],
-    a: &mut [f32],
-) {
-    let w = lhs.width;
-    for ip in 0..mc.div_ceil(MR) {
+/// micro-panel `ip`, whose rows [`Block::micro_panel`] gives), gathered and
+/// normalised as they are read (`stats`: the block's rows'). Rows past a
+/// micro-panel's own are left as they are (the microkernel computes only the
+/// rows it has).
+fn pack_lhs(lhs: &Lhs, block: &Block, k0: usize, stats: &[(f32, f32)], a: &mut [f32]) {
+    let (w, r0, kc) = (lhs.width, block.row0, block.kc);
+    for ip in 0..block.rows.div_ceil(MR) {
         // To the end of the buffer: the last stores spill 2 values onward.
         let panel = &mut a[ip * MR * kc..];
-        let (first, rows) = micro_panel_rows(mc, even, ip);
+        let (first, rows) = block.micro_panel(ip);
         // The kc columns may straddle parts.
         let mut kk = 0;
         while kk < kc {
