@@ -7,8 +7,9 @@
 //!
 //! Two deliberate departures from the reference's *code* (not its numbers):
 //! the shift/partition of shifted windows is one precomputed gather instead of
-//! `roll` + `permute`, and the bicubic time resize is a precomputed sparse
-//! matrix applied as a matmul. Both are exact rearrangements of the same sums.
+//! `roll` + `permute`, and the bicubic time resize is four precomputed taps an
+//! output row (a sparse matrix, applied as a matmul off the CPU). Both are
+//! exact rearrangements of the same sums.
 //!
 //! Loaded for f32 on the CPU, every layer keeps only its packed weights and
 //! the towers run on [`crate::kernels`]: the LayerNorms and window orders
@@ -56,11 +57,14 @@ impl MelBatchNorm {
 }
 
 /// Weights of `torch.nn.functional.interpolate(mode="bicubic", align_corners=True)`
-/// along one axis, as an `(n_out, n_in)` matrix.
+/// along one axis: for each of the `n_out` outputs, the first input it reads
+/// and the weights of that input and the next three (inputs past either end
+/// are clamped to it, as the reference does, so their weights add up there;
+/// a weight is 0 where a row reads fewer than four inputs).
 ///
 /// Source coordinates are computed in f32 as PyTorch does; with f64 they
 /// differ by up to ~3e-4 on unit-variance input.
-pub fn bicubic_align_corners_matrix(n_in: usize, n_out: usize) -> Vec<f32> {
+pub fn bicubic_align_corners_taps(n_in: usize, n_out: usize) -> Vec<(usize, [f32; 4])> {
     const A: f32 = -0.75;
     let c1 = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
     let c2 = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
@@ -69,18 +73,54 @@ pub fn bicubic_align_corners_matrix(n_in: usize, n_out: usize) -> Vec<f32> {
     } else {
         0.0
     };
+    let clamp = |j: i64| j.clamp(0, n_in as i64 - 1) as usize;
+    (0..n_out)
+        .map(|i| {
+            let src = scale * i as f32;
+            let i0 = src.floor();
+            let t = src - i0;
+            let weights = [c2(t + 1.0), c1(t), c1(1.0 - t), c2(2.0 - t)];
+            let first = clamp(i0 as i64 - 1);
+            let mut taps = [0f32; 4];
+            for (k, w) in weights.into_iter().enumerate() {
+                taps[clamp(i0 as i64 + k as i64 - 1) - first] += w;
+            }
+            (first, taps)
+        })
+        .collect()
+}
+
+/// [`bicubic_align_corners_taps`] as an `(n_out, n_in)` matrix (candle's
+/// path off the CPU applies it as a matmul).
+pub fn bicubic_align_corners_matrix(n_in: usize, n_out: usize) -> Vec<f32> {
     let mut m = vec![0f32; n_out * n_in];
-    for i in 0..n_out {
-        let src = scale * i as f32;
-        let i0 = src.floor();
-        let t = src - i0;
-        let weights = [c2(t + 1.0), c1(t), c1(1.0 - t), c2(2.0 - t)];
-        for (k, w) in weights.into_iter().enumerate() {
-            let j = (i0 as i64 + k as i64 - 1).clamp(0, n_in as i64 - 1) as usize;
-            m[i * n_in + j] += w;
+    for (row, (first, taps)) in m
+        .chunks_exact_mut(n_in)
+        .zip(bicubic_align_corners_taps(n_in, n_out))
+    {
+        for (w, dst) in taps.into_iter().zip(&mut row[first..]) {
+            *dst = w;
         }
     }
     m
+}
+
+/// Resizes one `(n_in, width)` map along its rows to `(taps.len(), width)`:
+/// four products an output value where the matrix would take `n_in`.
+fn resize_rows(taps: &[(usize, [f32; 4])], src: &[f32], width: usize, dst: &mut [f32]) {
+    for (out, &(first, w)) in dst.chunks_exact_mut(width).zip(taps) {
+        out.fill(0.0);
+        for (k, &wk) in w.iter().enumerate() {
+            // Taps past the input's end are 0 (a row clamped at the end reads
+            // fewer than four inputs).
+            let Some(row) = src.get((first + k) * width..(first + k + 1) * width) else {
+                break;
+            };
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o += wk * v;
+            }
+        }
+    }
 }
 
 /// Patch embedding plus its LayerNorm (`ClapAudioPatchEmbed`, unfused).
@@ -908,7 +948,18 @@ impl ClapAudioEncoder {
             );
         }
         let x = self.batch_norm.forward(&features.to_dtype(DType::F32)?)?;
-        let x = if t < self.spec_width {
+        let x = if t < self.spec_width && x.device().is_cpu() {
+            // Four taps a row, not a dense (1024 × 1001) matmul: the same sums
+            // without ~0.13 GFLOP of zeros a clip.
+            let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let taps = bicubic_align_corners_taps(t, self.spec_width);
+            let mut resized = vec![0f32; b * c * self.spec_width * f];
+            resized
+                .par_chunks_mut(self.spec_width * f)
+                .zip(values.par_chunks(t * f))
+                .for_each(|(dst, src)| resize_rows(&taps, src, f, dst));
+            Tensor::from_vec(resized, (b * c, self.spec_width, f), x.device())?
+        } else if t < self.spec_width {
             let m = self.resize_matrix(t)?;
             m.broadcast_matmul(&x.reshape((b * c, t, f))?)?
         } else {
@@ -1032,6 +1083,61 @@ mod tests {
         }
         assert!((m[0] - 1.0).abs() < 1e-6);
         assert!((m[(n_out - 1) * n_in + n_in - 1] - 1.0).abs() < 1e-4);
+    }
+
+    /// PyTorch's bicubic (align_corners) weights as a dense matrix, written
+    /// out directly: each output adds its four cubic weights at the clamped
+    /// source indices.
+    fn dense_bicubic(n_in: usize, n_out: usize) -> Vec<f32> {
+        const A: f32 = -0.75;
+        let c1 = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+        let c2 = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+        let scale = (n_in as f32 - 1.0) / (n_out as f32 - 1.0);
+        let mut m = vec![0f32; n_out * n_in];
+        for i in 0..n_out {
+            let src = scale * i as f32;
+            let i0 = src.floor();
+            let t = src - i0;
+            let weights = [c2(t + 1.0), c1(t), c1(1.0 - t), c2(2.0 - t)];
+            for (k, w) in weights.into_iter().enumerate() {
+                let j = (i0 as i64 + k as i64 - 1).clamp(0, n_in as i64 - 1) as usize;
+                m[i * n_in + j] += w;
+            }
+        }
+        m
+    }
+
+    /// The four-tap resize gives the dense product's values (up to the
+    /// order of the sum's terms), with rows clamped at both ends.
+    #[test]
+    fn bicubic_taps_resize_as_the_matrix_does() {
+        for (n_in, n_out) in [(1001, 1024), (5, 9), (1, 4), (2, 7), (500, 1024), (4, 4)] {
+            let width = 3;
+            let src: Vec<f32> = (0..n_in * width)
+                .map(|i| ((i * 7919) % 113) as f32 / 17.0 - 3.0)
+                .collect();
+            let m = dense_bicubic(n_in, n_out);
+            assert_eq!(m, bicubic_align_corners_matrix(n_in, n_out));
+            let mut got = vec![f32::NAN; n_out * width];
+            resize_rows(
+                &bicubic_align_corners_taps(n_in, n_out),
+                &src,
+                width,
+                &mut got,
+            );
+            for i in 0..n_out {
+                for col in 0..width {
+                    let want: f64 = (0..n_in)
+                        .map(|j| f64::from(m[i * n_in + j]) * f64::from(src[j * width + col]))
+                        .sum();
+                    let g = got[i * width + col];
+                    assert!(
+                        (f64::from(g) - want).abs() < 1e-5,
+                        "{n_in} -> {n_out}, row {i} col {col}: {g} against {want}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
