@@ -957,6 +957,41 @@ pub(crate) mod microkernel {
         }
     }
 
+    /// Asks for the output lines a tile's `store` writes (and reads: the partial sums of
+    /// earlier K blocks, the residual) before the tile computes, `cols` columns from `col0`
+    /// in `rows` of the block. Without it the stores waited on those lines at the end of the
+    /// tile, ~5 % of the audio tower's time, when its activations are fresh memory (measured
+    /// on a 2-core Zen 4 EPYC: the tower 2–3 % faster at batch 1 and 8, interleaved runs).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn prefetch_out(
+        block: &Block,
+        rows: Range<usize>,
+        col0: usize,
+        cols: usize,
+        epi: &Epilogue,
+        out: *mut f32,
+    ) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        let span = cols.min(block.n - col0) * 4;
+        let lines = |p: *const f32| {
+            let p = p as *const i8;
+            // `span` bytes from `p` touch these lines whatever `p`'s alignment.
+            (0..span.div_ceil(64) + 1).map(move |l| p.wrapping_add((l * 64).min(span - 1)))
+        };
+        for r in rows.start..rows.end.min(block.rows) {
+            let r = block.row0 + r;
+            for line in lines(out.add(epi.row(r) * block.n + col0)) {
+                _mm_prefetch::<_MM_HINT_ET0>(line);
+            }
+            if let (true, Some(res)) = (block.last, &epi.residual) {
+                for line in lines(res.values.as_ptr().add(res.row(r) * block.n + col0)) {
+                    _mm_prefetch::<_MM_HINT_T0>(line);
+                }
+            }
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     mod avx2 {
         use std::arch::x86_64::*;
@@ -1008,6 +1043,7 @@ pub(crate) mod microkernel {
                     line: bp.wrapping_add(kc * NR + ip * NR),
                     every: mp,
                 };
+                super::prefetch_out(block, r0..r0 + rows, col0, NR, epi, out);
                 // A micro-panel short of MR rows (a text of 9 tokens)
                 // computes only its rows.
                 macro_rules! run {
@@ -1263,6 +1299,7 @@ pub(crate) mod microkernel {
             while block.rows - r0 > MR {
                 let ap = a.as_ptr().add(r0 * kc);
                 let next = (r0 == 0 && more).then(|| b.wrapping_add(2 * kc * NR));
+                super::prefetch_out(block, r0..r0 + 2 * MR, col0, 2 * NR, epi, out);
                 let acc = tile::<2, MR>(kc, [ap, ap.add(MR * kc)], b, next);
                 for (part, acc) in acc.iter().enumerate() {
                     let r = r0 + part * MR;
@@ -1275,6 +1312,7 @@ pub(crate) mod microkernel {
                 let rows = MR.min(block.rows - r0);
                 let ap = a.as_ptr().add(r0 * kc);
                 let next = (r0 == 0 && more).then(|| b.wrapping_add(2 * kc * NR));
+                super::prefetch_out(block, r0..r0 + rows, col0, 2 * NR, epi, out);
                 macro_rules! run {
                     ($r:literal) => {{
                         let [acc] = tile::<1, $r>(kc, [ap], b, next);
