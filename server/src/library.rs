@@ -156,6 +156,9 @@ pub struct Library {
     pub(crate) commit_lock: tokio::sync::Mutex<()>,
     /// Files waiting for the next group commit (see `pipeline::commit`).
     pub(crate) commit_queue: std::sync::Mutex<Vec<crate::pipeline::QueuedCommit>>,
+    /// Files embedded and on their way to the commit queue: a group waits for them (see
+    /// `pipeline::commit`).
+    pub(crate) approaching_commit: std::sync::atomic::AtomicUsize,
     /// Serialises "insert a file + announce it (QUEUED)" against a worker's claim, so that no
     /// subscriber sees a file's DECODING before its QUEUED (a worker finishing another file
     /// could otherwise claim the new row before its uploader has sent the event).
@@ -309,6 +312,7 @@ impl Library {
             _lock: lock,
             commit_lock: tokio::sync::Mutex::new(()),
             commit_queue: Default::default(),
+            approaching_commit: Default::default(),
             intake_lock: tokio::sync::Mutex::new(()),
             index_changes: Notify::new(),
             shutdown,

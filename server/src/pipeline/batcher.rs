@@ -72,6 +72,8 @@ pub struct Embedder {
     /// For the front end, which runs on the senders' threads.
     model: Arc<ClapEmbedder>,
     waiting: Arc<AtomicUsize>,
+    /// Results sent by the batcher and not yet taken by their callers.
+    delivering: Arc<AtomicUsize>,
     metrics: Metrics,
 }
 
@@ -86,6 +88,7 @@ impl Embedder {
         let (texts_tx, texts_rx) = mpsc::channel(config.queue_capacity.max(1));
         let info = Arc::new(model.info().clone());
         let waiting = Arc::new(AtomicUsize::new(0));
+        let delivering = Arc::new(AtomicUsize::new(0));
         let batcher = Batcher {
             model: model.clone(),
             config: BatcherConfig {
@@ -94,6 +97,7 @@ impl Embedder {
             },
             windows: windows_rx,
             texts: texts_rx,
+            delivering: delivering.clone(),
             metrics: metrics.clone(),
         };
         let task = tokio::spawn(batcher.run());
@@ -104,6 +108,7 @@ impl Embedder {
                 info,
                 model,
                 waiting,
+                delivering,
                 metrics,
             },
             task,
@@ -117,6 +122,12 @@ impl Embedder {
     /// Windows and texts sent and not yet embedded.
     pub fn queue_depth(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Results of finished forward passes not yet taken by their callers: the files of a
+    /// pass that are about to commit (see `pipeline::commit`).
+    pub fn delivering(&self) -> usize {
+        self.delivering.load(Ordering::Acquire)
     }
 
     /// Log-mel features of one window (mono, model rate, at most one window
@@ -168,7 +179,41 @@ impl Embedder {
             .send(Job { input, reply })
             .await
             .map_err(|_| EmbedError::Stopped)?;
-        rx.await.map_err(|_| EmbedError::Stopped)?
+        let mut delivery = Delivery {
+            rx,
+            delivering: &self.delivering,
+        };
+        let result = (&mut delivery.rx).await;
+        if result.is_ok() {
+            self.delivering.fetch_sub(1, Ordering::AcqRel);
+        }
+        result.map_err(|_| EmbedError::Stopped)?
+    }
+}
+
+/// Sends a result and counts it in `delivering` until its caller takes it.
+fn deliver(delivering: &AtomicUsize, reply: Reply, result: Result<Vec<f32>, EmbedError>) {
+    delivering.fetch_add(1, Ordering::AcqRel);
+    if reply.send(result).is_err() {
+        // Its caller is gone: nobody will take it.
+        delivering.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A caller's end of a reply. Dropped unanswered (the caller cancelled), it closes the
+/// channel, so a later send fails (and [`deliver`] uncounts it), and uncounts a result that
+/// arrived first and was never taken.
+struct Delivery<'a> {
+    rx: oneshot::Receiver<Result<Vec<f32>, EmbedError>>,
+    delivering: &'a AtomicUsize,
+}
+
+impl Drop for Delivery<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if self.rx.try_recv().is_ok() {
+            self.delivering.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -187,6 +232,7 @@ struct Batcher {
     config: BatcherConfig,
     windows: mpsc::Receiver<Job<Vec<f32>>>,
     texts: mpsc::Receiver<Job<String>>,
+    delivering: Arc<AtomicUsize>,
     metrics: Metrics,
 }
 
@@ -248,7 +294,11 @@ impl Batcher {
                 continue;
             }
             if let Err(why) = check(&job.input) {
-                let _ = job.reply.send(Err(EmbedError::Input(why.into())));
+                deliver(
+                    &self.delivering,
+                    job.reply,
+                    Err(EmbedError::Input(why.into())),
+                );
                 continue;
             }
             inputs.push(job.input);
@@ -280,7 +330,7 @@ impl Batcher {
             "forward pass"
         );
         for (reply, result) in replies.into_iter().zip(results) {
-            let _ = reply.send(result);
+            deliver(&self.delivering, reply, result);
         }
     }
 }
@@ -429,9 +479,46 @@ mod tests {
             assert!(cos > 0.99999, "window {i}: cosine {cos}");
         }
         assert_eq!(embedder.queue_depth(), 0);
+        assert_eq!(embedder.delivering(), 0, "every result taken");
         // Texts take the same road.
         let t = embedder.embed_text("a soft pad".into()).await.unwrap();
         assert_eq!(t.len(), embedder.info().embedding_dim);
+        assert_eq!(embedder.delivering(), 0);
+    }
+
+    /// A result counts as delivering from its send until its caller takes it; a caller that
+    /// gives up before the send, or after it without taking the result, leaves no count
+    /// behind (a count left behind would hold every commit group for its full linger).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn results_left_untaken_are_not_counted() {
+        let config = BatcherConfig {
+            max_batch: 8,
+            max_wait: Duration::from_millis(1),
+            queue_capacity: 64,
+        };
+        let (embedder, _task) = Embedder::start(tiny(8), config, Metrics::new());
+        let features = |i| embedder.window_features(&window(i)).unwrap();
+
+        // Sent, answered, never taken: counted until the caller's end is dropped.
+        let mut waiting = Box::pin(embedder.embed_features(features(1)));
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while embedder.delivering() == 0 {
+            assert!(Instant::now() < deadline, "the batcher never answered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(embedder.delivering(), 1);
+        drop(waiting);
+        assert_eq!(embedder.delivering(), 0);
+
+        // Given up while queued: skipped or refused at the send, never counted. The
+        // queue is first in, first out: once the next caller has its result, the
+        // batcher is past the abandoned one.
+        let mut waiting = Box::pin(embedder.embed_features(features(2)));
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        drop(waiting);
+        embedder.embed_features(features(3)).await.unwrap();
+        assert_eq!(embedder.delivering(), 0);
     }
 
     /// One bad input among many concurrent callers fails that caller alone: a NaN window is
@@ -508,6 +595,7 @@ mod tests {
             config: BatcherConfig::default(),
             windows,
             texts,
+            delivering: Default::default(),
             metrics: metrics.clone(),
         };
         let mut jobs = Vec::new();

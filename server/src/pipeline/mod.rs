@@ -19,6 +19,7 @@ pub mod batcher;
 pub mod maintenance;
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -415,6 +416,8 @@ async fn run(
         Err(StreamError::LeaseLost) => return Ok(Outcome::Abandoned("lease lost")),
         Err(StreamError::TooLong { .. }) => unreachable!("library files have no length limit"),
     };
+    // From here this file heads for the commit queue: a group forming there waits for it.
+    let approaching = Approaching::new(lib);
     let Decoded {
         windows,
         duration_s,
@@ -455,6 +458,7 @@ async fn run(
             token: token.clone(),
             embedded,
         },
+        approaching,
     )
     .await
 }
@@ -483,11 +487,18 @@ pub(crate) struct QueuedCommit {
 ///
 /// In this process nobody deletes or requeues a file while the lock is held; another process
 /// may, which each row's conditional commit finds out.
-async fn commit(lib: &Library, file: PendingCommit) -> Result<Outcome, ApiError> {
+async fn commit(
+    lib: &Library,
+    file: PendingCommit,
+    approaching: Approaching<'_>,
+) -> Result<Outcome, ApiError> {
     let (reply, outcome) = oneshot::channel();
+    let embedder = file.model.embedder.clone();
     lock_queue(lib).push(QueuedCommit { file, reply });
+    drop(approaching);
     {
         let _commit = lib.commit_lock.lock().await;
+        await_approaching(lib, &embedder).await;
         let group = std::mem::take(&mut *lock_queue(lib));
         if !group.is_empty() {
             commit_group(lib, group).await;
@@ -495,6 +506,41 @@ async fn commit(lib: &Library, file: PendingCommit) -> Result<Outcome, ApiError>
     }
     // Ours was in the group of whoever took the lock first (perhaps us).
     outcome.await.unwrap_or(Err(ApiError::ShuttingDown))
+}
+
+/// How long a commit group waits at most for files on their way to it.
+const COMMIT_LINGER: Duration = Duration::from_millis(20);
+
+/// Counts a file between its last embedding and its place in the commit queue (or its
+/// turning back: a lost lease, an empty file), in [`Library::approaching_commit`].
+struct Approaching<'a>(&'a Library);
+
+impl<'a> Approaching<'a> {
+    fn new(lib: &'a Library) -> Self {
+        lib.approaching_commit.fetch_add(1, Ordering::AcqRel);
+        Self(lib)
+    }
+}
+
+impl Drop for Approaching<'_> {
+    fn drop(&mut self) {
+        self.0.approaching_commit.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Waits, up to [`COMMIT_LINGER`], while the results of a forward pass are still on their
+/// way to the commit queue: delivered by the batcher and not yet taken, or taken and not yet
+/// queued. A pass's files get their vectors together but reach the queue milliseconds apart
+/// (each first saves its decoded length, one database write after another): without the
+/// wait the first went alone and the rest made a second group, two index writes and flushes
+/// per pass where one does (qdrant-edge syncs every segment file on a flush, ~100 `msync`s).
+async fn await_approaching(lib: &Library, embedder: &Embedder) {
+    let deadline = Instant::now() + COMMIT_LINGER;
+    while (lib.approaching_commit.load(Ordering::Acquire) > 0 || embedder.delivering() > 0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 fn lock_queue(lib: &Library) -> std::sync::MutexGuard<'_, Vec<QueuedCommit>> {
@@ -748,7 +794,9 @@ where
                 let shown_total = total.map_or(done, |t| t.max(done));
                 progress(done, shown_total);
                 let Some(lease) = claim else { continue };
-                if !token.is_cancelled() && last_saved.elapsed() > Duration::from_millis(500) {
+                // The last window's commit follows at once and writes the row anyway.
+                let last = decoded_all && in_flight.is_empty();
+                if !last && !token.is_cancelled() && last_saved.elapsed() > Duration::from_millis(500) {
                     last_saved = Instant::now();
                     match work::save_progress(&lib.db, &lease, done, shown_total).await {
                         Ok(true) => {}
