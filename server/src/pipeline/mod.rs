@@ -498,7 +498,10 @@ async fn commit(
     drop(approaching);
     {
         let _commit = lib.commit_lock.lock().await;
-        await_approaching(lib, &embedder).await;
+        // Ours may have gone with the group before: then there is nothing to wait for.
+        if !lock_queue(lib).is_empty() {
+            await_approaching(lib, &embedder).await;
+        }
         let group = std::mem::take(&mut *lock_queue(lib));
         if !group.is_empty() {
             commit_group(lib, group).await;
