@@ -23,7 +23,6 @@
 #
 #   TRAUM_BIN=./traum-cuda CLIPS=/path/to/mp3s scripts/gpu-bench.sh ./side_by_side-cuda
 set -euo pipefail
-set -euo pipefail
 
 BIN=${1:?usage: scripts/gpu-bench.sh SIDE_BY_SIDE_CUDA_BINARY [WORK_DIR]}
 WORK=${2:-/tmp/traum-gpu-bench}
