@@ -493,14 +493,15 @@ async fn commit(
     approaching: Approaching<'_>,
 ) -> Result<Outcome, ApiError> {
     let (reply, outcome) = oneshot::channel();
-    let embedder = file.model.embedder.clone();
+    // Its model's batcher delivers the rest of its pass (an Arc: no Embedder clone).
+    let model = file.model.clone();
     lock_queue(lib).push(QueuedCommit { file, reply });
     drop(approaching);
     {
         let _commit = lib.commit_lock.lock().await;
         // Ours may have gone with the group before: then there is nothing to wait for.
         if !lock_queue(lib).is_empty() {
-            await_approaching(lib, &embedder).await;
+            await_approaching(lib, &model.embedder).await;
         }
         let group = std::mem::take(&mut *lock_queue(lib));
         if !group.is_empty() {
